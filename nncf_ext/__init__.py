@@ -1,0 +1,38 @@
+"""nncf-ext: training-time compression for NNCF 3.x (torch backend) and OpenVINO.
+
+The public API, named the way NNCF names its own::
+
+    pipeline = nncf_ext.create_compression(model, "config.json", example_input)
+    stats = nncf_ext.compression_statistic(model)
+    state = nncf_ext.get_config(model); nncf_ext.load_from_config(fresh_model, state)
+"""
+
+from nncf_ext.config import CompressionConfig, InputInfo, load_config
+from nncf_ext.errors import CheckpointError, ConfigError, ExportError, ModelError, NNCFExtError, ParityError
+from nncf_ext.pipeline import CompressionPipeline, create_compression
+from nncf_ext.scopes import Scope, WeightInfo
+from nncf_ext.serialization import get_config, load_from_config
+from nncf_ext.statistics import CompressionStatistic, LayerStatistic, compression_statistic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "CompressionConfig",
+    "CompressionPipeline",
+    "CompressionStatistic",
+    "ConfigError",
+    "ExportError",
+    "InputInfo",
+    "LayerStatistic",
+    "ModelError",
+    "NNCFExtError",
+    "ParityError",
+    "Scope",
+    "WeightInfo",
+    "compression_statistic",
+    "create_compression",
+    "get_config",
+    "load_config",
+    "load_from_config",
+]

@@ -1,0 +1,6 @@
+"""Compression algorithms. Importing this package registers every algorithm under its config name."""
+
+from nncf_ext.algorithms import l1_sparsity, threshold_pruning
+from nncf_ext.algorithms.base import ALGORITHMS, AlgorithmConfig, CompressionAlgorithm, register_algorithm
+
+__all__ = ["ALGORITHMS", "AlgorithmConfig", "CompressionAlgorithm", "l1_sparsity", "register_algorithm", "threshold_pruning"]

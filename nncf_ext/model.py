@@ -1,0 +1,141 @@
+"""Preparing a model for compression: NNCF wrapping that can be undone, graph building, weight discovery.
+
+Everything here either succeeds or leaves the model as it was (see :func:`wrapping_transaction`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from nncf.torch.function_hook.nncf_graph.layer_attributes import PT2OpLayerAttributes
+from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+from nncf.torch.function_hook.pruning.prune_model import OPERATORS_WITH_WEIGHTS_METATYPES
+from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE, get_hook_storage, is_wrapped, wrap_model
+from nncf.torch.graph.graph import PTNNCFGraph
+from nncf.torch.model_graph_manager import get_const_node, get_module_by_name, split_const_name
+from torch import nn
+
+from nncf_ext.errors import ModelError
+from nncf_ext.scopes import WeightInfo
+
+
+def check_wrappable(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if type(model) is nn.Sequential:
+        raise ModelError(
+            "a top-level nn.Sequential cannot be wrapped by NNCF 3.4 (its hook storage would become a layer); "
+            "wrap it in a module: class Net(nn.Module): def __init__(self): super().__init__(); self.body = seq"
+        )
+
+
+def unwrap_model(model: nn.Module) -> None:
+    """Undo :func:`nncf.torch.function_hook.wrap_model` on a model that has no hooks we must keep."""
+    model.__dict__.pop("forward", None)
+    model.__dict__.pop("_replicate_for_data_parallel", None)
+    model._modules.pop(ATR_HOOK_STORAGE, None)
+
+
+@contextmanager
+def wrapping_transaction(model: nn.Module) -> Iterator[nn.Module]:
+    """Wrap ``model`` with NNCF; if the body raises, remove the hooks it added and unwrap if we wrapped."""
+    check_wrappable(model)
+    was_wrapped = is_wrapped(model)
+    before = {name for name, _ in get_hook_storage(model).named_hooks(remove_duplicate=False)} if was_wrapped else set()
+    wrapped = wrap_model(model)
+    try:
+        yield wrapped
+    except BaseException:
+        if not was_wrapped:
+            unwrap_model(model)
+        else:
+            storage = get_hook_storage(model)
+            added = [n for n, _ in storage.named_hooks(remove_duplicate=False) if n not in before]
+            for name in added:
+                storage.delete_hook(name)
+        raise
+
+
+def _run_model(model: nn.Module, example_input: Any) -> Any:
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, tuple):
+        return model(*example_input)
+    return model(example_input)
+
+
+@contextmanager
+def frozen_state(model: nn.Module) -> Iterator[None]:
+    """Run forward passes that change nothing: eval mode (no BN statistics update) and no grad."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def check_example_input(model: nn.Module, example_input: Any) -> None:
+    """Run the model once on ``example_input``, turning a rejection into a clear error."""
+    try:
+        with frozen_state(model):
+            _run_model(model, example_input)
+    except Exception as e:
+        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        raise ModelError(f"the model rejects the example input {shape}: {type(e).__name__}: {e}") from e
+
+
+def build_graph(model: nn.Module, example_input: Any) -> PTNNCFGraph:
+    """NNCF graph of a wrapped model, built without touching its state."""
+    with frozen_state(model):
+        return build_nncf_graph(model, example_input)
+
+
+def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
+    """Weight constants of the operations NNCF considers weighted (conv, linear, embedding, matmul)."""
+    ops: dict[str, list[tuple[str, str]]] = {}
+    for node in graph.topological_sort():
+        if node.metatype not in OPERATORS_WITH_WEIGHTS_METATYPES:
+            continue
+        attrs = node.layer_attributes
+        if not isinstance(attrs, PT2OpLayerAttributes):
+            continue
+        for port in sorted(attrs.constant_port_ids.intersection(node.metatype.weight_port_ids)):
+            const = get_const_node(node, port, graph)
+            if const is not None:
+                ops.setdefault(const.node_name, []).append((node.node_name, node.node_type))
+    weights = []
+    for const_name, consumers in ops.items():
+        module_name, attr = split_const_name(const_name)
+        module = get_module_by_name(module_name, model)
+        tensor = getattr(module, attr)
+        weights.append(
+            WeightInfo(
+                name=const_name,
+                module_name=module_name,
+                module_type=type(module).__name__,
+                op_names=tuple(n for n, _ in consumers),
+                op_types=tuple(t for _, t in consumers),
+                shape=tuple(tensor.shape),
+            )
+        )
+    return weights
+
+
+def get_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The parameter (or buffer) behind a weight constant name such as ``features.0.weight``."""
+    module_name, attr = split_const_name(name)
+    return getattr(get_module_by_name(module_name, model), attr)  # type: ignore[no-any-return]
+
+
+def check_finite(model: nn.Module, weights: list[WeightInfo]) -> None:
+    for w in weights:
+        tensor = get_weight(model, w.name)
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelError(f"weight '{w.name}' has {bad} NaN or Inf values; fix the model before compressing it")

@@ -1,0 +1,135 @@
+"""CompressionPipeline: the algorithms of a config applied in order to one model, driven by the training loop.
+
+::
+
+    pipeline = nncf_ext.create_compression(model, "config.json", example_input)
+    for epoch in range(epochs):
+        pipeline.epoch_step(epoch)                    # schedules advance, masks / codebooks update
+        for x, y in loader:
+            loss = criterion(model(x), y) + pipeline.loss()
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+            pipeline.step()                           # per-batch housekeeping
+    print(pipeline.statistics())
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nncf_ext.algorithms.base import ALGORITHMS, CompressionAlgorithm
+from nncf_ext.config import CompressionConfig, load_config
+from nncf_ext.errors import CheckpointError, ModelError
+from nncf_ext.hooks import WeightHook, weight_hooks
+from nncf_ext.model import build_graph, check_example_input, check_finite, check_wrappable, find_weights, wrapping_transaction
+from nncf_ext.statistics import CompressionStatistic, compression_statistic
+
+
+class CompressionPipeline:
+    """Algorithms applied to ``model`` in config order; see the module docstring for the training loop."""
+
+    def __init__(self, model: nn.Module, config: CompressionConfig, algorithms: list[CompressionAlgorithm]) -> None:
+        self.model = model
+        self.config = config
+        self.algorithms = algorithms
+        self.epoch = -1
+
+    def epoch_step(self, epoch: int | None = None) -> None:
+        """Advance every schedule to ``epoch`` (default: the next one). Calling twice with one epoch is harmless."""
+        self.epoch = self.epoch + 1 if epoch is None else int(epoch)
+        for algorithm in self.algorithms:
+            algorithm.epoch_step(self.epoch)
+
+    def step(self) -> None:
+        """Call after each optimizer step."""
+        for algorithm in self.algorithms:
+            algorithm.step()
+
+    def loss(self) -> torch.Tensor:
+        """The sum of the algorithms' loss terms (a zero tensor when there is none)."""
+        terms = [t for t in (a.loss() for a in self.algorithms) if t is not None]
+        if not terms:
+            device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+            return torch.zeros((), device=device)
+        return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+
+    def inject_gradients(self) -> None:
+        """After ``backward()``: add the gradients of :meth:`loss` without changing the loss."""
+        for algorithm in self.algorithms:
+            algorithm.inject_gradients()
+
+    def statistics(self) -> CompressionStatistic:
+        return compression_statistic(self.model)
+
+    def summary(self) -> dict[str, float]:
+        """Current schedule values, keyed ``<algorithm>/<value>``, for loggers."""
+        out: dict[str, float] = {}
+        for algorithm in self.algorithms:
+            for key, value in algorithm.summary().items():
+                out[f"{algorithm.name}/{key}"] = value
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Scheduler state; hook buffers live in ``model.state_dict()``."""
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "algorithms": [a.state_dict() for a in self.algorithms],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            saved = state["config"]
+            algorithms = state["algorithms"]
+            epoch = int(state["epoch"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"malformed compression state: missing or invalid {e}") from None
+        if saved != self.config.to_dict():
+            raise CheckpointError("the compression state was saved with a different config than this pipeline's")
+        if len(algorithms) != len(self.algorithms):
+            raise CheckpointError(f"state has {len(algorithms)} algorithms, pipeline has {len(self.algorithms)}")
+        for algorithm, sub in zip(self.algorithms, algorithms, strict=True):
+            algorithm.load_state_dict(sub)
+        self.epoch = epoch
+
+
+def create_compression(
+    model: nn.Module,
+    config: str | Path | dict[str, Any] | CompressionConfig,
+    example_input: Any = None,
+) -> CompressionPipeline:
+    """Wrap ``model`` with NNCF and apply the config's algorithms; the model is compressed at epoch 0.
+
+    Everything is validated before the model is touched: on any error the model is left unchanged.
+    """
+    parsed = load_config(config)
+    check_wrappable(model)
+    if example_input is None:
+        example_input = parsed.example_input()
+    algorithms = [ALGORITHMS[name](cfg, f"compression[{i}]") for i, (name, cfg) in enumerate(parsed.algorithms)]
+    check_example_input(model, example_input)
+    with wrapping_transaction(model) as wrapped:
+        existing = {n for n, hooks in weight_hooks(wrapped).items() if any(isinstance(h, WeightHook) for h in hooks)}
+        weights = find_weights(wrapped, build_graph(wrapped, example_input))
+        if not weights:
+            raise ModelError("the model has no weighted operation (conv, linear, embedding, matmul) to compress")
+        selections = []
+        for algorithm in algorithms:
+            selected = algorithm.select(weights)
+            already = sorted(w.name for w in selected if w.name in existing)
+            if already:
+                raise ModelError(
+                    f"{algorithm.path}: weights {already} already carry nncf-ext hooks; "
+                    "create the pipeline on the uncompressed model and load its state_dict instead"
+                )
+            check_finite(wrapped, selected)
+            algorithm.validate(wrapped, selected)
+            selections.append(selected)
+        for algorithm, selected in zip(algorithms, selections, strict=True):
+            algorithm.apply(wrapped, selected)
+    pipeline = CompressionPipeline(wrapped, parsed, algorithms)
+    pipeline.epoch_step(0)
+    return pipeline

@@ -1,0 +1,66 @@
+"""Saving and restoring the hook modules of a compressed model, NNCF's and ours.
+
+``get_config`` returns a JSON-able description of every hook (NNCF's ``get_config`` with enums and tuples
+made plain); ``load_from_config`` re-creates the hooks on a fresh model so that ``load_state_dict`` then
+restores their state. Only modules from ``nncf.*`` and ``nncf_ext.*`` are ever imported::
+
+    torch.save({"state_dict": model.state_dict(), "nncf_config": nncf_ext.get_config(model)}, "ckpt.pt")
+    ckpt = torch.load("ckpt.pt", weights_only=True)
+    model = nncf_ext.load_from_config(Net(), ckpt["nncf_config"])
+    model.load_state_dict(ckpt["state_dict"])
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+import nncf
+import nncf.torch
+from torch import nn
+
+from nncf_ext.errors import CheckpointError
+from nncf_ext.model import check_wrappable
+
+ALLOWED_MODULES = ("nncf.*", "nncf_ext.*")
+TModel = TypeVar("TModel", bound=nn.Module)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to tuples (NNCF compares shapes such as ``scale_shape`` with tuples)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def get_config(model: nn.Module) -> dict[str, Any]:
+    """A JSON-able description of every hook module of ``model`` (NNCF's and nncf-ext's)."""
+    return _plain(nncf.torch.get_config(model))  # type: ignore[no-any-return]
+
+
+def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
+    """Wrap ``model`` and re-create the hooks described by ``config``; then call ``load_state_dict``."""
+    check_wrappable(model)
+    if not isinstance(config, dict) or not isinstance(config.get("compression_state"), list):
+        raise CheckpointError("expected a config from nncf_ext.get_config with a 'compression_state' list")
+    commands = []
+    for i, command in enumerate(config["compression_state"]):
+        if not isinstance(command, dict) or not {"module_path", "module_cls_name", "module_config"} <= set(command):
+            raise CheckpointError(f"compression_state[{i}] is malformed: {command!r}")
+        commands.append({**command, "module_config": _tuples(command["module_config"])})
+    try:
+        return nncf.torch.load_from_config(model, {"compression_state": commands}, allowed_modules=ALLOWED_MODULES)  # type: ignore[arg-type]
+    except nncf.InternalError as e:
+        raise CheckpointError(str(e)) from e
