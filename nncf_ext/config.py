@@ -41,10 +41,10 @@ class InputInfo:
     @classmethod
     def from_config(cls, raw: Any, path: str) -> InputInfo:
         r = ConfigReader(raw, path)
-        sizes = r.int_list("sample_size", minimum=1)
+        sizes = r.integers("sample_size", minimum=1)
         if not sizes:
             raise ConfigError(r.sub("sample_size"), "must not be empty")
-        info = cls(tuple(sizes), r.str("type", "float", choices=tuple(INPUT_TYPES)))
+        info = cls(tuple(sizes), r.string("type", "float", choices=tuple(INPUT_TYPES)))
         r.finish()
         return info
 

@@ -3,7 +3,7 @@
 Algorithms declare their options by reading them::
 
     r = ConfigReader(raw, "compression[0]")
-    bits = r.int("bits", default=8, minimum=1, maximum=8)
+    bits = r.integer("bits", default=8, minimum=1, maximum=8)
     r.finish()  # unknown keys -> error with the closest valid key suggested
 """
 
@@ -56,7 +56,7 @@ class ConfigReader:
             raise ConfigError(self.sub(key), "required key is missing")
         return default
 
-    def float(
+    def number(
         self,
         key: str,
         default: Any = _MISSING,
@@ -68,18 +68,18 @@ class ConfigReader:
         value = self.raw(key, default)
         return check_float(value, self.sub(key), minimum, maximum, exclusive_minimum)
 
-    def int(
+    def integer(
         self, key: str, default: Any = _MISSING, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
         return check_int(self.raw(key, default), self.sub(key), minimum, maximum)
 
-    def bool(self, key: str, default: Any = _MISSING) -> bool:
+    def boolean(self, key: str, default: Any = _MISSING) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise ConfigError(self.sub(key), f"expected true or false, got {type_name(value)}")
         return value
 
-    def str(self, key: str, default: Any = _MISSING, *, choices: Sequence[str] | None = None) -> str:
+    def string(self, key: str, default: Any = _MISSING, *, choices: Sequence[str] | None = None) -> str:
         value = self.raw(key, default)
         if not isinstance(value, str):
             raise ConfigError(self.sub(key), f"expected a string, got {type_name(value)}")
@@ -89,13 +89,13 @@ class ConfigReader:
             )
         return value
 
-    def str_list(self, key: str, default: Any = _MISSING) -> list[str]:
+    def strings(self, key: str, default: Any = _MISSING) -> list[str]:
         value = self.raw(key, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(self.sub(key), f"expected a list of strings, got {value!r}")
         return list(value)
 
-    def int_list(self, key: str, default: Any = _MISSING, *, minimum: int | None = None) -> list[int]:
+    def integers(self, key: str, default: Any = _MISSING, *, minimum: int | None = None) -> list[int]:
         value = self.raw(key, default)
         if not isinstance(value, list):
             raise ConfigError(self.sub(key), f"expected a list of integers, got {type_name(value)}")

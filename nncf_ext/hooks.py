@@ -17,7 +17,7 @@ from torch import nn
 
 
 class WeightHook(nn.Module, StatefulModuleInterface):
-    """Base of nncf-ext weight hooks: a module applied to a weight, whose state lives in buffers/parameters."""
+    """Base of nncf-ext weight hooks: a module applied to a weight; its state lives in buffers."""
 
     def storage_bits(self) -> int | None:
         """Bits per stored weight value after this hook, or None when the hook keeps the precision."""

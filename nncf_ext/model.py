@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from nncf.torch.function_hook.hook_storage import HookStorage
 from nncf.torch.function_hook.nncf_graph.layer_attributes import PT2OpLayerAttributes
 from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
 from nncf.torch.function_hook.pruning.prune_model import OPERATORS_WITH_WEIGHTS_METATYPES
@@ -27,8 +28,8 @@ def check_wrappable(model: nn.Module) -> None:
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if type(model) is nn.Sequential:
         raise ModelError(
-            "a top-level nn.Sequential cannot be wrapped by NNCF 3.4 (its hook storage would become a layer); "
-            "wrap it in a module: class Net(nn.Module): def __init__(self): super().__init__(); self.body = seq"
+            "a top-level nn.Sequential cannot be wrapped by NNCF 3.4 (its hook storage would become a "
+            "layer); wrap it in a module whose forward calls the Sequential"
         )
 
 
@@ -44,7 +45,11 @@ def wrapping_transaction(model: nn.Module) -> Iterator[nn.Module]:
     """Wrap ``model`` with NNCF; if the body raises, remove the hooks it added and unwrap if we wrapped."""
     check_wrappable(model)
     was_wrapped = is_wrapped(model)
-    before = {name for name, _ in get_hook_storage(model).named_hooks(remove_duplicate=False)} if was_wrapped else set()
+    before = (
+        {name for name, _ in get_hook_storage(model).named_hooks(remove_duplicate=False)}
+        if was_wrapped
+        else set()
+    )
     wrapped = wrap_model(model)
     try:
         yield wrapped
@@ -86,14 +91,23 @@ def check_example_input(model: nn.Module, example_input: Any) -> None:
         with frozen_state(model):
             _run_model(model, example_input)
     except Exception as e:
-        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        shape = (
+            tuple(example_input.shape)
+            if isinstance(example_input, torch.Tensor)
+            else type(example_input).__name__
+        )
         raise ModelError(f"the model rejects the example input {shape}: {type(e).__name__}: {e}") from e
 
 
 def build_graph(model: nn.Module, example_input: Any) -> PTNNCFGraph:
-    """NNCF graph of a wrapped model, built without touching its state."""
-    with frozen_state(model):
-        return build_nncf_graph(model, example_input)
+    """NNCF graph of a wrapped model as if it had no hooks, built without touching its state."""
+    storage = model._modules[ATR_HOOK_STORAGE]
+    model._modules[ATR_HOOK_STORAGE] = HookStorage()
+    try:
+        with frozen_state(model):
+            return build_nncf_graph(model, example_input)
+    finally:
+        model._modules[ATR_HOOK_STORAGE] = storage
 
 
 def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
@@ -130,7 +144,7 @@ def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
 def get_weight(model: nn.Module, name: str) -> torch.Tensor:
     """The parameter (or buffer) behind a weight constant name such as ``features.0.weight``."""
     module_name, attr = split_const_name(name)
-    return getattr(get_module_by_name(module_name, model), attr)  # type: ignore[no-any-return]
+    return getattr(get_module_by_name(module_name, model), attr)
 
 
 def check_finite(model: nn.Module, weights: list[WeightInfo]) -> None:
@@ -138,4 +152,6 @@ def check_finite(model: nn.Module, weights: list[WeightInfo]) -> None:
         tensor = get_weight(model, w.name)
         if not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
-            raise ModelError(f"weight '{w.name}' has {bad} NaN or Inf values; fix the model before compressing it")
+            raise ModelError(
+                f"weight '{w.name}' has {bad} NaN or Inf values; fix the model before compressing it"
+            )

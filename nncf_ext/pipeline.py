@@ -24,21 +24,30 @@ from nncf_ext.algorithms.base import ALGORITHMS, CompressionAlgorithm
 from nncf_ext.config import CompressionConfig, load_config
 from nncf_ext.errors import CheckpointError, ModelError
 from nncf_ext.hooks import WeightHook, weight_hooks
-from nncf_ext.model import build_graph, check_example_input, check_finite, check_wrappable, find_weights, wrapping_transaction
+from nncf_ext.model import (
+    build_graph,
+    check_example_input,
+    check_finite,
+    check_wrappable,
+    find_weights,
+    wrapping_transaction,
+)
 from nncf_ext.statistics import CompressionStatistic, compression_statistic
 
 
 class CompressionPipeline:
     """Algorithms applied to ``model`` in config order; see the module docstring for the training loop."""
 
-    def __init__(self, model: nn.Module, config: CompressionConfig, algorithms: list[CompressionAlgorithm]) -> None:
+    def __init__(
+        self, model: nn.Module, config: CompressionConfig, algorithms: list[CompressionAlgorithm]
+    ) -> None:
         self.model = model
         self.config = config
         self.algorithms = algorithms
         self.epoch = -1
 
     def epoch_step(self, epoch: int | None = None) -> None:
-        """Advance every schedule to ``epoch`` (default: the next one). Calling twice with one epoch is harmless."""
+        """Advance every schedule to ``epoch`` (default: the next one); repeating an epoch is harmless."""
         self.epoch = self.epoch + 1 if epoch is None else int(epoch)
         for algorithm in self.algorithms:
             algorithm.epoch_step(self.epoch)
@@ -88,9 +97,13 @@ class CompressionPipeline:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"malformed compression state: missing or invalid {e}") from None
         if saved != self.config.to_dict():
-            raise CheckpointError("the compression state was saved with a different config than this pipeline's")
+            raise CheckpointError(
+                "the compression state was saved with a different config than this pipeline's"
+            )
         if len(algorithms) != len(self.algorithms):
-            raise CheckpointError(f"state has {len(algorithms)} algorithms, pipeline has {len(self.algorithms)}")
+            raise CheckpointError(
+                f"state has {len(algorithms)} algorithms, pipeline has {len(self.algorithms)}"
+            )
         for algorithm, sub in zip(self.algorithms, algorithms, strict=True):
             algorithm.load_state_dict(sub)
         self.epoch = epoch
@@ -109,13 +122,19 @@ def create_compression(
     check_wrappable(model)
     if example_input is None:
         example_input = parsed.example_input()
-    algorithms = [ALGORITHMS[name](cfg, f"compression[{i}]") for i, (name, cfg) in enumerate(parsed.algorithms)]
+    algorithms = [
+        ALGORITHMS[name](cfg, f"compression[{i}]") for i, (name, cfg) in enumerate(parsed.algorithms)
+    ]
     check_example_input(model, example_input)
     with wrapping_transaction(model) as wrapped:
-        existing = {n for n, hooks in weight_hooks(wrapped).items() if any(isinstance(h, WeightHook) for h in hooks)}
+        existing = {
+            n for n, hooks in weight_hooks(wrapped).items() if any(isinstance(h, WeightHook) for h in hooks)
+        }
         weights = find_weights(wrapped, build_graph(wrapped, example_input))
         if not weights:
-            raise ModelError("the model has no weighted operation (conv, linear, embedding, matmul) to compress")
+            raise ModelError(
+                "the model has no weighted operation (conv, linear, embedding, matmul) to compress"
+            )
         selections = []
         for algorithm in algorithms:
             selected = algorithm.select(weights)

@@ -42,7 +42,9 @@ def polynomial_value(
     return target + (initial - target) * (1.0 - p) ** power
 
 
-def exponential_value(epoch: int, *, initial: float, target: float, start_epoch: int, end_epoch: int) -> float:
+def exponential_value(
+    epoch: int, *, initial: float, target: float, start_epoch: int, end_epoch: int
+) -> float:
     """Geometric ramp from ``initial`` to ``target`` (both > 0): ``initial * (target / initial) ** p``."""
     p = _progress(epoch, start_epoch, end_epoch)
     return initial * (target / initial) ** p
@@ -149,7 +151,11 @@ class ExponentialSchedule(Schedule):
 
     def __call__(self, epoch: int) -> float:
         return exponential_value(
-            epoch, initial=self.initial, target=self.target, start_epoch=self.start_epoch, end_epoch=self.end_epoch
+            epoch,
+            initial=self.initial,
+            target=self.target,
+            start_epoch=self.start_epoch,
+            end_epoch=self.end_epoch,
         )
 
     @property
@@ -191,11 +197,13 @@ def parse_schedule(raw: Any, path: str, *, minimum: float = 0.0, maximum: float 
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return ConstantSchedule(check_float(raw, path, minimum, maximum))
     r = ConfigReader(raw, path)
-    kind = r.str("type", choices=SCHEDULE_TYPES)
+    kind = r.string("type", choices=SCHEDULE_TYPES)
 
     def value(key: str, default: Any = ..., *, positive: bool = False) -> float:
         args = (key,) if default is ... else (key, default)
-        return r.float(*args, minimum=minimum if not positive else 0.0, maximum=maximum, exclusive_minimum=positive)
+        return r.number(
+            *args, minimum=minimum if not positive else 0.0, maximum=maximum, exclusive_minimum=positive
+        )
 
     schedule: Schedule
     if kind == "constant":
@@ -204,8 +212,8 @@ def parse_schedule(raw: Any, path: str, *, minimum: float = 0.0, maximum: float 
         schedule = MultiStepSchedule(_parse_steps(r, minimum, maximum), value("initial", 0.0))
     elif kind in ("polynomial", "exponential"):
         geometric = kind == "exponential"
-        start = r.int("start_epoch", 0, minimum=0)
-        end = r.int("end_epoch", minimum=0)
+        start = r.integer("start_epoch", 0, minimum=0)
+        end = r.integer("end_epoch", minimum=0)
         if end <= start:
             raise ConfigError(r.sub("end_epoch"), f"must be greater than start_epoch ({start}), got {end}")
         initial = value("initial", ... if geometric else 0.0, positive=geometric)
@@ -213,17 +221,17 @@ def parse_schedule(raw: Any, path: str, *, minimum: float = 0.0, maximum: float 
         if geometric:
             schedule = ExponentialSchedule(initial, target, start, end)
         else:
-            power = r.float("power", 3.0, minimum=0.0, exclusive_minimum=True)
+            power = r.number("power", 3.0, minimum=0.0, exclusive_minimum=True)
             schedule = PolynomialSchedule(initial, target, start, end, power)
     else:
-        ramp = r.str("ramp", "linear", choices=("linear", "geometric"))
+        ramp = r.string("ramp", "linear", choices=("linear", "geometric"))
         positive = ramp == "geometric"
         schedule = IterativeSchedule(
             initial=value("initial", positive=positive),
             target=value("target", positive=positive),
-            cycles=r.int("cycles", minimum=1),
-            fine_tune_epochs=r.int("fine_tune_epochs", minimum=1),
-            start_epoch=r.int("start_epoch", 0, minimum=0),
+            cycles=r.integer("cycles", minimum=1),
+            fine_tune_epochs=r.integer("fine_tune_epochs", minimum=1),
+            start_epoch=r.integer("start_epoch", 0, minimum=0),
             ramp=ramp,
         )
     r.finish()

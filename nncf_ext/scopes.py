@@ -89,14 +89,14 @@ class Scope:
     @classmethod
     def from_config(cls, raw: Any, path: str) -> Scope:
         r = ConfigReader(raw, path)
-        names = r.str_list("names", [])
-        patterns = r.str_list("patterns", [])
+        names = r.strings("names", [])
+        patterns = r.strings("patterns", [])
         for i, p in enumerate(patterns):
             try:
                 re.compile(p)
             except re.error as e:
                 raise ConfigError(f"{path}.patterns[{i}]", f"invalid regular expression {p!r}: {e}") from None
-        types = r.str_list("types", [])
+        types = r.strings("types", [])
         r.finish()
         return cls(tuple(names), tuple(patterns), tuple(types))
 
@@ -114,10 +114,14 @@ def select_weights(
                 available = ", ".join(w.name for w in weights[:12])
                 raise ConfigError(
                     f"{path}.{key}.{rule}",
-                    f"matches no weight of the model (weights: {available}{', ...' if len(weights) > 12 else ''})",
+                    f"matches no weight of the model (weights: {available}"
+                    f"{', ...' if len(weights) > 12 else ''})",
                 )
     selected = [
-        w for w in weights if (target.is_empty or target.matches(w)) and not (ignored.matches(w) if not ignored.is_empty else False)
+        w
+        for w in weights
+        if (target.is_empty or target.matches(w))
+        and not (ignored.matches(w) if not ignored.is_empty else False)
     ]
     if not selected:
         raise ConfigError(path, "the scopes leave no weight to compress")

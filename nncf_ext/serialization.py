@@ -47,7 +47,7 @@ def _tuples(value: Any) -> Any:
 
 def get_config(model: nn.Module) -> dict[str, Any]:
     """A JSON-able description of every hook module of ``model`` (NNCF's and nncf-ext's)."""
-    return _plain(nncf.torch.get_config(model))  # type: ignore[no-any-return]
+    return _plain(nncf.torch.get_config(model))
 
 
 def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
@@ -57,10 +57,14 @@ def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
         raise CheckpointError("expected a config from nncf_ext.get_config with a 'compression_state' list")
     commands = []
     for i, command in enumerate(config["compression_state"]):
-        if not isinstance(command, dict) or not {"module_path", "module_cls_name", "module_config"} <= set(command):
+        if not isinstance(command, dict) or not {"module_path", "module_cls_name", "module_config"} <= set(
+            command
+        ):
             raise CheckpointError(f"compression_state[{i}] is malformed: {command!r}")
         commands.append({**command, "module_config": _tuples(command["module_config"])})
     try:
-        return nncf.torch.load_from_config(model, {"compression_state": commands}, allowed_modules=ALLOWED_MODULES)  # type: ignore[arg-type]
+        return nncf.torch.load_from_config(
+            model, {"compression_state": commands}, allowed_modules=ALLOWED_MODULES
+        )
     except nncf.InternalError as e:
         raise CheckpointError(str(e)) from e

@@ -117,15 +117,46 @@ class CompressionStatistic:
         for s in self.layers:
             fmt = f"csr/{s.index_bits}b" if s.format == "csr" else "dense"
             rows.append(
-                [s.name, "x".join(map(str, s.shape)), s.params, f"{s.sparsity:.1%}", s.bits, fmt,
-                 format_bytes(s.dense_bytes), format_bytes(s.compressed_bytes), f"{s.ratio:.1f}x"]
+                [
+                    s.name,
+                    "x".join(map(str, s.shape)),
+                    s.params,
+                    f"{s.sparsity:.1%}",
+                    s.bits,
+                    fmt,
+                    format_bytes(s.dense_bytes),
+                    format_bytes(s.compressed_bytes),
+                    f"{s.ratio:.1f}x",
+                ]
             )
         if self.other_params:
-            rows.append(["(other parameters)", "", self.other_params, "", "", "dense", format_bytes(self.other_bytes),
-                         format_bytes(self.other_bytes), "1.0x"])
+            rows.append(
+                [
+                    "(other parameters)",
+                    "",
+                    self.other_params,
+                    "",
+                    "",
+                    "dense",
+                    format_bytes(self.other_bytes),
+                    format_bytes(self.other_bytes),
+                    "1.0x",
+                ]
+            )
         rows.append([None] * 9)
-        rows.append(["Total", "", self.params, f"{self.sparsity:.1%}", "", "", format_bytes(self.dense_bytes),
-                     format_bytes(self.compressed_bytes), f"{self.ratio:.1f}x"])
+        rows.append(
+            [
+                "Total",
+                "",
+                self.params,
+                f"{self.sparsity:.1%}",
+                "",
+                "",
+                format_bytes(self.dense_bytes),
+                format_bytes(self.compressed_bytes),
+                f"{self.ratio:.1f}x",
+            ]
+        )
         header = ["Weight", "Shape", "Params", "Sparsity", "Bits", "Format", "Dense", "Stored", "Ratio"]
         return str(create_table(header=header, rows=rows))
 
@@ -147,7 +178,12 @@ def _hook_metadata_bits(hook: nn.Module) -> int:
 
 @torch.no_grad()
 def layer_statistic(
-    name: str, weight: torch.Tensor, hooks: list[nn.Module], *, codebook_bits: int = 32, index_bits: int | None = None
+    name: str,
+    weight: torch.Tensor,
+    hooks: list[nn.Module],
+    *,
+    codebook_bits: int = 32,
+    index_bits: int | None = None,
 ) -> LayerStatistic:
     """Storage of ``weight`` after ``hooks`` (the chain a model applies to it)."""
     effective = weight.detach()
@@ -193,8 +229,11 @@ def compression_statistic(
     stat = CompressionStatistic()
     compressed: set[str] = set()
     for name, chain in hooks.items():
-        stat.layers.append(layer_statistic(name, get_weight(model, name), chain, codebook_bits=codebook_bits,
-                                           index_bits=index_bits))
+        stat.layers.append(
+            layer_statistic(
+                name, get_weight(model, name), chain, codebook_bits=codebook_bits, index_bits=index_bits
+            )
+        )
         compressed.add(name)
     for pname, param in model.named_parameters():
         if pname in compressed or pname.startswith(ATR_HOOK_STORAGE + "."):

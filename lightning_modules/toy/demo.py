@@ -48,7 +48,7 @@ def train_epoch(
 def run(
     config: str | Path | None = None, epochs: int = 6, output_dir: str | Path | None = None, seed: int = 0
 ) -> dict[str, Any]:
-    """Train, compress with ``config`` (default: examples/configs/threshold_pruning_l1.json), fine-tune, report."""
+    """Train, compress with ``config`` (default: the example L1 + threshold recipe), fine-tune, report."""
     config = Path(config) if config is not None else EXAMPLES / "threshold_pruning_l1.json"
     torch.manual_seed(seed)
     x, y = gratings(2048, seed=seed)
@@ -67,13 +67,22 @@ def run(
         pipeline.epoch_step(epoch)
         train_epoch(model, x, y, optimizer, pipeline)
         summary = pipeline.summary()
-        row = {"epoch": epoch, **summary, "accuracy": accuracy(model, x_test, y_test),
-               "sparsity": pipeline.statistics().sparsity}
+        row = {
+            "epoch": epoch,
+            **summary,
+            "accuracy": accuracy(model, x_test, y_test),
+            "sparsity": pipeline.statistics().sparsity,
+        }
         history.append(row)
         print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     stats = pipeline.statistics()
     print(stats)
-    result = {"base_accuracy": base_acc, "history": history, "statistics": stats.to_dict(), "config": str(config)}
+    result = {
+        "base_accuracy": base_acc,
+        "history": history,
+        "statistics": stats.to_dict(),
+        "config": str(config),
+    }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

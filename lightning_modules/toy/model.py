@@ -17,7 +17,9 @@ class ToyConvNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, 64), nn.ReLU(inplace=True), nn.Linear(64, classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 16, 64), nn.ReLU(inplace=True), nn.Linear(64, classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))  # type: ignore[no-any-return]
+        return self.classifier(self.features(x))

@@ -3,4 +3,11 @@
 from nncf_ext.algorithms import l1_sparsity, threshold_pruning
 from nncf_ext.algorithms.base import ALGORITHMS, AlgorithmConfig, CompressionAlgorithm, register_algorithm
 
-__all__ = ["ALGORITHMS", "AlgorithmConfig", "CompressionAlgorithm", "l1_sparsity", "register_algorithm", "threshold_pruning"]
+__all__ = [
+    "ALGORITHMS",
+    "AlgorithmConfig",
+    "CompressionAlgorithm",
+    "l1_sparsity",
+    "register_algorithm",
+    "threshold_pruning",
+]

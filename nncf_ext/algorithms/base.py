@@ -122,5 +122,8 @@ def algorithm_class(name: Any, path: str) -> type[CompressionAlgorithm]:
     if not isinstance(name, str):
         raise ConfigError(path, f"expected an algorithm name, got {name!r}")
     if name not in ALGORITHMS:
-        raise ConfigError(path, f"unknown algorithm '{name}'{suggest(name, sorted(ALGORITHMS))}; known: {sorted(ALGORITHMS)}")
+        raise ConfigError(
+            path,
+            f"unknown algorithm '{name}'{suggest(name, sorted(ALGORITHMS))}; known: {sorted(ALGORITHMS)}",
+        )
     return ALGORITHMS[name]

@@ -37,14 +37,18 @@ class L1Sparsity(CompressionAlgorithm):
     def parse_config(cls, r: ConfigReader) -> L1SparsityConfig:
         return L1SparsityConfig(
             strength=parse_schedule(r.raw("lambda"), r.sub("lambda"), minimum=0.0),
-            reduction=r.str("reduction", "sum", choices=("sum", "mean")),
+            reduction=r.string("reduction", "sum", choices=("sum", "mean")),
             **AlgorithmConfig.read_scopes(r),
         )
 
     @classmethod
     def config_to_dict(cls, config: AlgorithmConfig) -> dict[str, Any]:
         assert isinstance(config, L1SparsityConfig)
-        return {"lambda": config.strength.to_config(), "reduction": config.reduction, **config.scopes_to_config()}
+        return {
+            "lambda": config.strength.to_config(),
+            "reduction": config.reduction,
+            **config.scopes_to_config(),
+        }
 
     def _params(self) -> list[torch.Tensor]:
         assert self.model is not None, "algorithm is not applied"

@@ -18,8 +18,8 @@ from nncf_ext.algorithms.base import AlgorithmConfig, CompressionAlgorithm, regi
 from nncf_ext.algorithms.threshold_pruning.modules import ThresholdPruningMask
 from nncf_ext.config_reader import ConfigReader
 from nncf_ext.model import get_weight
-from nncf_ext.scopes import WeightInfo
 from nncf_ext.schedulers import ConstantSchedule, Schedule, parse_schedule
+from nncf_ext.scopes import WeightInfo
 
 CRITERIA = ("absolute", "std")
 
@@ -51,9 +51,9 @@ class ThresholdPruning(CompressionAlgorithm):
     @classmethod
     def parse_config(cls, r: ConfigReader) -> ThresholdPruningConfig:
         return ThresholdPruningConfig(
-            criterion=r.str("criterion", "absolute", choices=CRITERIA),
+            criterion=r.string("criterion", "absolute", choices=CRITERIA),
             threshold=parse_schedule(r.raw("threshold"), r.sub("threshold"), minimum=0.0),
-            regrowth=r.bool("regrowth", False),
+            regrowth=r.boolean("regrowth", False),
             **AlgorithmConfig.read_scopes(r),
         )
 

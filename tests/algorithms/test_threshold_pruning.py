@@ -1,0 +1,133 @@
+import pytest
+import torch
+
+import nncf_ext
+from nncf_ext.algorithms.threshold_pruning import ThresholdPruningMask, threshold_mask
+from nncf_ext.hooks import effective_weight, hooks_of_type
+from tests.conftest import TinyNet, pruning_config
+
+
+def test_absolute_mask_on_hand_made_tensor() -> None:
+    w = torch.tensor([[0.0005, -0.002, 0.01], [-0.0099, 0.05, -0.051]])
+    assert threshold_mask(w, 0.001, "absolute").tolist() == [[False, True, True], [True, True, True]]
+    assert threshold_mask(w, 0.01, "absolute").tolist() == [[False, False, True], [False, True, True]]
+    assert threshold_mask(w, 0.0, "absolute").all()
+
+
+def test_std_mask_on_hand_made_tensor() -> None:
+    w = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 0.5])
+    std = float(w.std())  # unbiased, 1.4142...
+    assert threshold_mask(w, 1.0, "std").tolist() == [bool(abs(v) >= std) for v in w.tolist()]
+    assert threshold_mask(w, 1.0, "std").tolist() == [True, False, False, False, True, False]
+    assert threshold_mask(w, 0.5, "std").tolist() == [True, True, False, True, True, False]
+
+
+def masks(model: torch.nn.Module) -> dict[str, ThresholdPruningMask]:
+    return hooks_of_type(model, ThresholdPruningMask)  # type: ignore[return-value]
+
+
+def test_pipeline_masks_follow_the_schedule(tiny_net: TinyNet, example_input: torch.Tensor) -> None:
+    weights = {n: p.detach().clone() for n, p in tiny_net.named_parameters() if n.endswith("weight")}
+    schedule = {"type": "multistep", "steps": {"0": 0.05, "2": 0.15}}
+    pipeline = nncf_ext.create_compression(tiny_net, pruning_config(schedule), example_input)
+    found = masks(tiny_net)
+    assert set(found) == {"features.0.weight", "features.3.weight", "fc.weight"}
+    for name, hook in found.items():
+        assert torch.equal(hook.mask, weights[name].abs() >= 0.05)
+    pipeline.epoch_step(1)
+    for name, hook in found.items():
+        assert torch.equal(hook.mask, weights[name].abs() >= 0.05)
+    pipeline.epoch_step(2)
+    for name, hook in found.items():
+        assert torch.equal(hook.mask, weights[name].abs() >= 0.15)
+        assert torch.equal(effective_weight(tiny_net, name, weights[name]) == 0, weights[name].abs() < 0.15)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
+    ],
+    ids=["sgd-momentum", "adam-wd", "adamw"],
+)
+def test_pruned_weights_stay_zero_through_optimizer_steps(
+    make_optimizer, example_input: torch.Tensor
+) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = TinyNet()
+    schedule = {"type": "multistep", "steps": {"1": 0.1}}
+    pipeline = nncf_ext.create_compression(model, pruning_config(schedule), example_input)
+    optimizer = make_optimizer(model.parameters())
+
+    def train(steps: int, call_step: bool) -> None:
+        for _ in range(steps):
+            loss = model(example_input).pow(2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if call_step:
+                pipeline.step()
+
+    train(5, True)  # optimizer state (momentum, Adam moments) builds up before anything is pruned
+    assert all(h.mask.all() for h in masks(model).values())
+    pipeline.epoch_step(1)
+    pruned = {n: ~h.mask.clone() for n, h in masks(model).items()}
+    assert sum(int(m.sum()) for m in pruned.values()) > 50
+
+    loss = model(example_input).pow(2).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    params = dict(model.named_parameters())
+    for name, mask in pruned.items():
+        assert params[name].grad is not None
+        assert torch.all(params[name].grad[mask] == 0), f"{name}: pruned weights receive gradient"
+
+    train(10, False)  # even without pipeline.step(), the model computes with exact zeros
+    for name, mask in pruned.items():
+        assert torch.all(effective_weight(model, name, params[name])[mask] == 0)
+        assert torch.equal(~masks(model)[name].mask, mask)
+    train(10, True)  # and with it the latent weights are zero too
+    for name, mask in pruned.items():
+        assert torch.all(params[name][mask] == 0)
+
+
+def test_without_regrowth_masks_never_recover(tiny_net: TinyNet, example_input: torch.Tensor) -> None:
+    schedule = {"type": "multistep", "steps": {"0": 0.15, "1": 0.01}}
+    pipeline = nncf_ext.create_compression(tiny_net, pruning_config(schedule), example_input)
+    before = {n: h.mask.clone() for n, h in masks(tiny_net).items()}
+    pipeline.epoch_step(1)
+    for name, hook in masks(tiny_net).items():
+        assert torch.equal(hook.mask, before[name])
+
+
+def test_regrowth_restores_weights_that_grew_back(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    schedule = {"type": "multistep", "steps": {"0": 0.15, "1": 0.01}}
+    pipeline = nncf_ext.create_compression(model, pruning_config(schedule, regrowth=True), example_input)
+    hook = masks(model)["fc.weight"]
+    pruned = ~hook.mask.clone()
+    assert pruned.any()
+    loss = model(example_input).sum()
+    loss.backward()
+    assert (model.fc.weight.grad[pruned] != 0).any(), "regrowth needs straight-through gradients"
+    pipeline.epoch_step(1)
+    assert torch.equal(hook.mask, model.fc.weight.detach().abs() >= 0.01)
+    assert hook.mask[pruned].any()
+
+
+def test_scopes_select_weights(tiny_net: TinyNet, example_input: torch.Tensor) -> None:
+    config = pruning_config(0.05, target_scope={"types": ["Conv2d"]}, ignored_scope={"names": ["features.0"]})
+    nncf_ext.create_compression(tiny_net, config, example_input)
+    assert set(masks(tiny_net)) == {"features.3.weight"}
+
+
+def test_second_pipeline_on_the_same_weights_is_refused(
+    tiny_net: TinyNet, example_input: torch.Tensor
+) -> None:
+    nncf_ext.create_compression(tiny_net, pruning_config(0.05), example_input)
+    with pytest.raises(nncf_ext.ModelError, match="already carry"):
+        nncf_ext.create_compression(tiny_net, pruning_config(0.1), example_input)
+    assert len(masks(tiny_net)) == 3

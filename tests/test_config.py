@@ -1,0 +1,175 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from nncf.torch.function_hook.wrapper import is_wrapped
+
+import nncf_ext
+from nncf_ext.errors import ConfigError, ModelError
+from tests.conftest import TinyNet, model_state
+
+GOOD = {
+    "input_info": {"sample_size": [1, 3, 12, 12]},
+    "compression": [
+        {
+            "algorithm": "threshold_pruning",
+            "criterion": "std",
+            "threshold": {"type": "multistep", "steps": {"0": 0.5, "2": 1.0}},
+            "regrowth": False,
+            "ignored_scope": {"types": ["linear"]},
+        },
+        {
+            "algorithm": "l1_sparsity",
+            "lambda": {"type": "polynomial", "initial": 0, "target": 1e-4, "end_epoch": 3},
+        },
+    ],
+}
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    config = nncf_ext.CompressionConfig.from_dict(GOOD)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config.to_dict()))
+    again = nncf_ext.load_config(path)
+    assert again == config
+    assert again.to_dict() == config.to_dict()
+
+
+def test_examples_parse() -> None:
+    for path in sorted(Path("examples/configs").glob("*.json")):
+        nncf_ext.load_config(path)
+
+
+def with_entry(**changes: object) -> dict:
+    config = copy.deepcopy(GOOD)
+    config["compression"][0].update(changes)
+    return config
+
+
+BAD_CONFIGS = [
+    (
+        {"compression": [{"algorithm": "treshold_pruning", "threshold": 0.1}]},
+        "compression[0].algorithm",
+        "threshold_pruning",
+    ),
+    ({**GOOD, "compresion": []}, "compresion", "compression"),
+    (with_entry(threshhold=0.1), "compression[0].threshhold", "threshold"),
+    (with_entry(threshold=-0.01), "compression[0].threshold", ">= 0"),
+    (with_entry(threshold="0.1"), "compression[0].threshold", "expected an object"),
+    (
+        with_entry(threshold={"type": "multistep", "steps": {"4": 0.1, "2": 0.2}}),
+        "compression[0].threshold.steps",
+        "increasing",
+    ),
+    (
+        with_entry(threshold={"type": "multistep", "steps": {"0": -1.0}}),
+        "compression[0].threshold.steps['0']",
+        ">= 0",
+    ),
+    (with_entry(criterion="magnitude"), "compression[0].criterion", "not one of"),
+    (with_entry(regrowth="yes"), "compression[0].regrowth", "true or false"),
+    (
+        with_entry(target_scope={"names": ["nope.weight"]}),
+        "compression[0].target_scope.names[0]",
+        "matches no weight",
+    ),
+    (
+        with_entry(ignored_scope={"patterns": ["^zzz"]}),
+        "compression[0].ignored_scope.patterns[0]",
+        "matches no weight",
+    ),
+    (
+        with_entry(target_scope={"patterns": ["(unclosed"]}),
+        "compression[0].target_scope.patterns[0]",
+        "regular expression",
+    ),
+    (with_entry(target_scope={"type": ["conv2d"]}), "compression[0].target_scope.type", "types"),
+    (with_entry(ignored_scope={"types": ["conv2d", "linear"]}), "compression[0]", "no weight"),
+    ({"input_info": {"sample_size": [1, 3, 12, 12]}, "compression": []}, "compression", "at least one"),
+    (
+        {"input_info": {"sample_size": []}, "compression": GOOD["compression"]},
+        "input_info.sample_size",
+        "empty",
+    ),
+    (
+        {"input_info": {"sample_size": [1, 3, 12.5, 12]}, "compression": GOOD["compression"]},
+        "input_info.sample_size[2]",
+        "integer",
+    ),
+    (
+        {"compression": [{"algorithm": "l1_sparsity", "lambda": float("nan")}]},
+        "compression[0].lambda",
+        "finite",
+    ),
+    ({"compression": [{"algorithm": "l1_sparsity"}]}, "compression[0].lambda", "missing"),
+    (
+        {"compression": [{"algorithm": "l1_sparsity", "lambda": 1e-4, "reduction": "avg"}]},
+        "compression[0].reduction",
+        "not one of",
+    ),
+    ({"compression": [{"threshold": 0.1}]}, "compression[0].algorithm", "missing"),
+    ([1, 2], "", "got list"),
+]
+
+
+@pytest.mark.parametrize(("raw", "path", "fragment"), BAD_CONFIGS)
+def test_bad_config_is_named_and_model_unchanged(
+    raw: object, path: str, fragment: str, example_input: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = model_state(model)
+    with pytest.raises(ConfigError) as info:
+        nncf_ext.create_compression(model, raw, example_input)  # type: ignore[arg-type]
+    assert info.value.path == path, str(info.value)
+    assert fragment in str(info.value)
+    assert not is_wrapped(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_unknown_algorithm_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'l1_sparsity'"):
+        nncf_ext.load_config({"compression": {"algorithm": "l1_sparse", "lambda": 0.1}})
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        nncf_ext.load_config(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        nncf_ext.load_config(tmp_path / "missing.json")
+
+
+def test_missing_input_info_without_example() -> None:
+    with pytest.raises(ConfigError, match="input_info"):
+        nncf_ext.create_compression(TinyNet(), {"compression": {"algorithm": "l1_sparsity", "lambda": 0.1}})
+
+
+@pytest.mark.parametrize("problem", ["nan", "input", "sequential"])
+def test_model_errors_leave_model_unchanged(problem: str, example_input: torch.Tensor) -> None:
+    model: torch.nn.Module = TinyNet()
+    inputs = example_input
+    if problem == "nan":
+        with torch.no_grad():
+            model.fc.weight[0, 0] = float("nan")
+    elif problem == "input":
+        inputs = torch.randn(2, 5, 12, 12)
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 3))
+        inputs = torch.randn(2, 3)
+    before = model_state(model)
+    config = {"compression": {"algorithm": "threshold_pruning", "threshold": 0.1}}
+    with pytest.raises(ModelError) as info:
+        nncf_ext.create_compression(model, config, inputs)
+    message = str(info.value)
+    assert {"nan": "fc.weight", "input": "rejects the example input", "sequential": "nn.Sequential"}[
+        problem
+    ] in message
+    assert not is_wrapped(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, equal_nan=True, rtol=0, atol=0)

@@ -1,0 +1,90 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import nncf_ext
+from nncf_ext.errors import CheckpointError
+from tests.conftest import TinyNet, pruning_config
+
+
+def compressed(example_input: torch.Tensor) -> tuple[TinyNet, nncf_ext.CompressionPipeline]:
+    torch.manual_seed(0)
+    model = TinyNet()
+    pipeline = nncf_ext.create_compression(model, pruning_config(0.1), example_input)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(example_input).pow(2).sum().backward()
+        optimizer.step()
+        pipeline.step()
+    return model, pipeline
+
+
+def test_get_config_load_from_config_restores_outputs(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed(example_input)
+    model.eval()
+    expected = model(example_input)
+    config = nncf_ext.get_config(model)
+    json.dumps(config)  # plain JSON
+    torch.save({"state_dict": model.state_dict(), "nncf_config": config}, tmp_path / "ckpt.pt")
+
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    torch.manual_seed(123)
+    fresh = nncf_ext.load_from_config(TinyNet(), ckpt["nncf_config"])
+    fresh.load_state_dict(ckpt["state_dict"])
+    fresh.eval()
+    assert torch.equal(fresh(example_input), expected)
+    assert nncf_ext.compression_statistic(fresh).to_dict() == nncf_ext.compression_statistic(model).to_dict()
+
+
+def test_untrusted_module_is_refused() -> None:
+    config = {
+        "compression_state": [
+            {
+                "hook_names_in_model": ["post_hooks.fc:weight__0.0"],
+                "module_path": "os",
+                "module_cls_name": "system",
+                "module_config": {},
+            }
+        ]
+    }
+    with pytest.raises(CheckpointError, match="untrusted"):
+        nncf_ext.load_from_config(TinyNet(), config)
+
+
+def test_malformed_config_is_refused() -> None:
+    with pytest.raises(CheckpointError, match="compression_state"):
+        nncf_ext.load_from_config(TinyNet(), {"state": []})
+    with pytest.raises(CheckpointError, match=r"compression_state\[0\]"):
+        nncf_ext.load_from_config(TinyNet(), {"compression_state": [{"module_path": "nncf_ext.x"}]})
+
+
+def test_pipeline_state_round_trip(example_input: torch.Tensor) -> None:
+    schedule = {"type": "multistep", "steps": {"0": 0.05, "3": 0.2}}
+    config = pruning_config(schedule)
+    config["compression"].append(
+        {"algorithm": "l1_sparsity", "lambda": {"type": "multistep", "steps": {"0": 1e-3, "2": 0.0}}}
+    )
+    torch.manual_seed(0)
+    model = TinyNet()
+    pipeline = nncf_ext.create_compression(model, config, example_input)
+    pipeline.epoch_step(2)
+    state = {"model": model.state_dict(), "compression": pipeline.state_dict()}
+
+    fresh = TinyNet()
+    restored = nncf_ext.create_compression(fresh, config, example_input)
+    fresh.load_state_dict(state["model"])
+    restored.load_state_dict(state["compression"])
+    assert restored.epoch == 2 and restored.summary() == pipeline.summary()
+    pipeline.epoch_step(3)
+    restored.epoch_step(3)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    other = nncf_ext.create_compression(TinyNet(), pruning_config(0.3), example_input)
+    with pytest.raises(CheckpointError, match="different config"):
+        other.load_state_dict(state["compression"])
+    with pytest.raises(CheckpointError, match="malformed"):
+        other.load_state_dict({"epoch": 1})

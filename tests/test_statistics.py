@@ -1,0 +1,80 @@
+import json
+
+import torch
+from torch import nn
+
+import nncf_ext
+from nncf_ext.storage import best_layout, csr_entries, relative_gaps, split_gaps
+
+
+class OneLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def sparse_model() -> OneLinear:
+    model = OneLinear()
+    with torch.no_grad():
+        model.fc.weight.fill_(0.001)
+        flat = model.fc.weight.view(-1)
+        flat[[0, 1, 5, 20]] = torch.tensor([0.5, -0.5, 0.25, 1.0])
+    return model
+
+
+def test_relative_index_storage_by_hand() -> None:
+    w = torch.zeros(32)
+    w[[0, 1, 5, 20]] = 1.0
+    gaps = relative_gaps(w)
+    assert gaps.tolist() == [1, 1, 4, 15]
+    # ceil(g / 2^b) entries per gap
+    assert csr_entries(gaps, 2) == 1 + 1 + 1 + 4
+    assert csr_entries(gaps, 3) == 1 + 1 + 1 + 2
+    assert csr_entries(gaps, 4) == 4
+    codes, real = split_gaps(gaps, 2)
+    assert codes.tolist() == [0, 0, 3, 3, 3, 3, 2] and real.tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+    layout = best_layout(w, 32)
+    assert (layout.format, layout.index_bits, layout.entries, layout.bits) == ("csr", 4, 4, 4 * 36)
+    assert best_layout(w, 32, index_bits=2).bits == 7 * 34
+    assert best_layout(torch.ones(32), 32).format == "dense"
+
+
+def test_statistics_equal_hand_computed_sizes() -> None:
+    model = sparse_model()
+    config = {"compression": {"algorithm": "threshold_pruning", "threshold": 0.01}}
+    nncf_ext.create_compression(model, config, torch.randn(1, 4))
+    stat = nncf_ext.compression_statistic(model)
+    (layer,) = stat.layers
+    assert (layer.name, layer.params, layer.nonzeros, layer.bits) == ("fc.weight", 32, 4, 32)
+    assert layer.sparsity == 28 / 32
+    assert layer.dense_bytes == 128
+    assert layer.nonzero_bytes == 4 * 32 / 8
+    assert (layer.format, layer.index_bits, layer.compressed_bytes) == ("csr", 4, 4 * 36 / 8)
+    assert stat.other_params == 8 and stat.other_bytes == 32
+    assert stat.params == 40
+    assert stat.dense_bytes == 160 and stat.compressed_bytes == 18 + 32
+    assert stat.ratio == 160 / 50
+    fixed = nncf_ext.compression_statistic(model, index_bits=2)
+    assert fixed.layers[0].compressed_bytes == 7 * 34 / 8
+
+    table = str(stat)
+    assert "fc.weight" in table and "Total" in table and "csr/4b" in table
+    as_dict = json.loads(json.dumps(stat.to_dict()))
+    assert as_dict["layers"][0]["nonzeros"] == 4 and as_dict["ratio"] == stat.ratio
+
+
+def test_uncompressed_model_has_ratio_one() -> None:
+    model = OneLinear()
+    stat = nncf_ext.compression_statistic(model)
+    assert stat.layers == [] and stat.params == 40 and stat.ratio == 1.0
