@@ -8,7 +8,15 @@ The public API, named the way NNCF names its own::
 """
 
 from nncf_ext.config import CompressionConfig, InputInfo, load_config
-from nncf_ext.errors import CheckpointError, ConfigError, ExportError, ModelError, NNCFExtError, ParityError
+from nncf_ext.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    ModelError,
+    NNCFExtError,
+    ParityError,
+)
 from nncf_ext.pipeline import CompressionPipeline, create_compression
 from nncf_ext.scopes import Scope, WeightInfo
 from nncf_ext.serialization import get_config, load_from_config
@@ -22,6 +30,7 @@ __all__ = [
     "CompressionPipeline",
     "CompressionStatistic",
     "ConfigError",
+    "DataError",
     "ExportError",
     "InputInfo",
     "LayerStatistic",

@@ -30,3 +30,7 @@ class ExportError(NNCFExtError, RuntimeError):
 
 class ParityError(ExportError):
     """The exported model's outputs differ from the torch model's beyond the tolerance."""
+
+
+class DataError(NNCFExtError, ValueError):
+    """A dataset on disk is missing or malformed; the message names the file."""
