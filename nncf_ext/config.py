@@ -81,7 +81,7 @@ class CompressionConfig:
         entries = entries if is_list else [entries]
         if not entries:
             raise ConfigError("compression", "expected at least one algorithm")
-        algorithms = []
+        algorithms: list[tuple[str, AlgorithmConfig]] = []
         for i, entry in enumerate(entries):
             path = f"compression[{i}]" if is_list else "compression"
             er = ConfigReader(entry, path)
@@ -89,6 +89,7 @@ class CompressionConfig:
             cls_ = algorithm_class(name, er.sub("algorithm"))
             config = cls_.parse_config(er)
             er.finish()
+            cls_.check_composition(config, list(algorithms), path)
             algorithms.append((name, config))
         r.raw("description", None)
         r.finish()

@@ -27,6 +27,14 @@ class WeightHook(nn.Module, StatefulModuleInterface):
         """Number of shared values (centroids) stored beside the weights; 0 when there is no codebook."""
         return 0
 
+    def value_codes(self) -> torch.Tensor | None:
+        """The integer symbol stored for each weight (a codebook index), or None when values are raw."""
+        return None
+
+    def effective_codebook(self) -> torch.Tensor | None:
+        """The values the symbols of :meth:`value_codes` stand for."""
+        return None
+
     def get_config(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -73,3 +81,14 @@ def effective_weight(model: nn.Module, const_name: str, value: torch.Tensor) -> 
     for hook in weight_hooks(model).get(const_name, []):
         out = hook(out)
     return out
+
+
+@torch.no_grad()
+def incoming_weight(model: nn.Module, const_name: str, value: torch.Tensor, hook: nn.Module) -> torch.Tensor:
+    """The weight as ``hook`` receives it: ``value`` passed through the hooks that run before it."""
+    out = value.detach()
+    for other in weight_hooks(model).get(const_name, []):
+        if other is hook:
+            return out
+        out = other(out)
+    raise KeyError(f"hook is not registered on '{const_name}'")

@@ -64,7 +64,7 @@ def wrapping_transaction(model: nn.Module) -> Iterator[nn.Module]:
         raise
 
 
-def _run_model(model: nn.Module, example_input: Any) -> Any:
+def run_model(model: nn.Module, example_input: Any) -> Any:
     if isinstance(example_input, dict):
         return model(**example_input)
     if isinstance(example_input, tuple):
@@ -89,7 +89,7 @@ def check_example_input(model: nn.Module, example_input: Any) -> None:
     """Run the model once on ``example_input``, turning a rejection into a clear error."""
     try:
         with frozen_state(model):
-            _run_model(model, example_input)
+            run_model(model, example_input)
     except Exception as e:
         shape = (
             tuple(example_input.shape)

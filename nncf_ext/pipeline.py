@@ -148,7 +148,7 @@ def create_compression(
             algorithm.validate(wrapped, selected)
             selections.append(selected)
         for algorithm, selected in zip(algorithms, selections, strict=True):
-            algorithm.apply(wrapped, selected)
+            algorithm.apply(wrapped, selected, example_input)
     pipeline = CompressionPipeline(wrapped, parsed, algorithms)
     pipeline.epoch_step(0)
     return pipeline

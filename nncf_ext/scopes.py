@@ -61,6 +61,11 @@ class Scope:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled", tuple(re.compile(p) for p in self.patterns))
 
+    @classmethod
+    def single(cls, kind: str, rule: str) -> Scope:
+        """A scope of one rule: ``Scope.single("types", "linear")``."""
+        return cls(**{kind: (rule,)})  # type: ignore[arg-type]
+
     @property
     def is_empty(self) -> bool:
         return not (self.names or self.patterns or self.types)

@@ -17,9 +17,11 @@ from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE
 from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
 
-from nncf_ext.hooks import hook_storage_bits, weight_hooks
+from nncf_ext.hooks import WeightHook, hook_storage_bits, weight_hooks
+from nncf_ext.huffman import huffman_size
 from nncf_ext.model import get_weight
-from nncf_ext.storage import best_layout
+from nncf_ext.quantizers import quantizer_codes
+from nncf_ext.storage import SparseLayout, best_layout, relative_gaps, split_gaps
 
 
 @dataclass
@@ -39,6 +41,8 @@ class LayerStatistic:
     dense_bytes: float
     nonzero_bytes: float
     compressed_bytes: float
+    huffman_bytes: float
+    entropy_bytes: float
 
     @property
     def sparsity(self) -> float:
@@ -88,8 +92,20 @@ class CompressionStatistic:
         return sum(s.nonzero_bytes for s in self.layers) + self.other_bytes
 
     @property
+    def huffman_bytes(self) -> float:
+        return sum(s.huffman_bytes for s in self.layers) + self.other_bytes
+
+    @property
+    def entropy_bytes(self) -> float:
+        return sum(s.entropy_bytes for s in self.layers) + self.other_bytes
+
+    @property
     def ratio(self) -> float:
         return self.dense_bytes / self.compressed_bytes if self.compressed_bytes else float("inf")
+
+    @property
+    def huffman_ratio(self) -> float:
+        return self.dense_bytes / self.huffman_bytes if self.huffman_bytes else float("inf")
 
     def to_dict(self) -> dict[str, Any]:
         layers = []
@@ -109,7 +125,10 @@ class CompressionStatistic:
             "dense_bytes": self.dense_bytes,
             "nonzero_bytes": self.nonzero_bytes,
             "compressed_bytes": self.compressed_bytes,
+            "huffman_bytes": self.huffman_bytes,
+            "entropy_bytes": self.entropy_bytes,
             "ratio": self.ratio,
+            "huffman_ratio": self.huffman_ratio,
         }
 
     def __str__(self) -> str:
@@ -117,47 +136,33 @@ class CompressionStatistic:
         for s in self.layers:
             fmt = f"csr/{s.index_bits}b" if s.format == "csr" else "dense"
             rows.append(
-                [
-                    s.name,
-                    "x".join(map(str, s.shape)),
-                    s.params,
-                    f"{s.sparsity:.1%}",
-                    s.bits,
-                    fmt,
-                    format_bytes(s.dense_bytes),
-                    format_bytes(s.compressed_bytes),
-                    f"{s.ratio:.1f}x",
-                ]
-            )
+                [s.name, "x".join(map(str, s.shape)), s.params, f"{s.sparsity:.1%}", s.bits, fmt,
+                 format_bytes(s.dense_bytes), format_bytes(s.compressed_bytes), format_bytes(s.huffman_bytes),
+                 f"{s.dense_bytes / s.huffman_bytes:.1f}x"]
+            )  # fmt: skip
         if self.other_params:
+            size = format_bytes(self.other_bytes)
             rows.append(
-                [
-                    "(other parameters)",
-                    "",
-                    self.other_params,
-                    "",
-                    "",
-                    "dense",
-                    format_bytes(self.other_bytes),
-                    format_bytes(self.other_bytes),
-                    "1.0x",
-                ]
+                ["(other parameters)", "", self.other_params, "", 32, "dense", size, size, size, "1.0x"]
             )
-        rows.append([None] * 9)
+        rows.append([None] * 10)
         rows.append(
-            [
-                "Total",
-                "",
-                self.params,
-                f"{self.sparsity:.1%}",
-                "",
-                "",
-                format_bytes(self.dense_bytes),
-                format_bytes(self.compressed_bytes),
-                f"{self.ratio:.1f}x",
-            ]
-        )
-        header = ["Weight", "Shape", "Params", "Sparsity", "Bits", "Format", "Dense", "Stored", "Ratio"]
+            ["Total", "", self.params, f"{self.sparsity:.1%}", "", "", format_bytes(self.dense_bytes),
+             format_bytes(self.compressed_bytes), format_bytes(self.huffman_bytes),
+             f"{self.huffman_ratio:.1f}x"]
+        )  # fmt: skip
+        header = [
+            "Weight",
+            "Shape",
+            "Params",
+            "Sparsity",
+            "Bits",
+            "Format",
+            "Dense",
+            "Stored",
+            "Huffman",
+            "Ratio",
+        ]
         return str(create_table(header=header, rows=rows))
 
 
@@ -176,6 +181,65 @@ def _hook_metadata_bits(hook: nn.Module) -> int:
     return 0
 
 
+@dataclass
+class ValueSymbols:
+    """How a layer's values are stored: integer codes over an alphabet, or raw floats (``codes`` None)."""
+
+    codes: torch.Tensor | None
+    alphabet: int
+    zero_code: int | None  # code of an exact zero; None if zero has no code (then CSR is impossible)
+
+
+def value_symbols(hooks: list[nn.Module], weight: torch.Tensor) -> tuple[torch.Tensor, ValueSymbols]:
+    """Run ``weight`` through ``hooks``; the last quantizing hook decides how values are coded."""
+    effective = weight.detach()
+    symbols = ValueSymbols(None, 0, 0)
+    for hook in hooks:
+        effective = hook(effective)
+        codes = (
+            hook.value_codes() if isinstance(hook, WeightHook) and hook.storage_bits() is not None else None
+        )
+        if isinstance(hook, WeightHook) and codes is not None:
+            codebook = hook.effective_codebook()
+            assert codebook is not None
+            zeros = torch.nonzero(codebook.detach() == 0).reshape(-1)
+            zero_code = int(zeros[0]) if zeros.numel() else None
+            symbols = ValueSymbols(codes.long(), hook.codebook_entries(), zero_code)
+        elif isinstance(hook, BaseQuantizer) and hook.is_enabled_quantization():
+            codes, zero = quantizer_codes(hook, effective)
+            symbols = ValueSymbols(codes, 1 << int(hook.num_bits), zero)
+    return effective, symbols
+
+
+def _symbol_sizes(
+    effective: torch.Tensor, symbols: ValueSymbols, layout: SparseLayout, bits: int
+) -> tuple[int, float]:
+    """Huffman-coded bits and entropy bound of values and relative indices under ``layout``."""
+    huffman_bits = 0
+    entropy = 0.0
+    if layout.format == "csr":
+        gaps = relative_gaps(effective)
+        gap_codes, is_real = split_gaps(gaps, layout.index_bits)
+        gap_freqs = torch.bincount(gap_codes, minlength=1 << layout.index_bits).numpy()
+        size = huffman_size(gap_freqs)
+        huffman_bits += size.total_bits
+        entropy += size.entropy_bits
+        fillers = int((~is_real).sum())
+    if symbols.codes is None:
+        huffman_bits += layout.entries * bits if layout.format == "csr" else effective.numel() * bits
+        entropy += layout.entries * bits if layout.format == "csr" else effective.numel() * bits
+        return huffman_bits, entropy
+    codes = symbols.codes.reshape(-1)
+    if layout.format == "csr":
+        codes = codes[effective.reshape(-1) != 0]
+    freqs = torch.bincount(codes, minlength=symbols.alphabet)
+    if layout.format == "csr" and fillers:
+        assert symbols.zero_code is not None
+        freqs[symbols.zero_code] += fillers
+    size = huffman_size(freqs.numpy())
+    return huffman_bits + size.total_bits, entropy + size.entropy_bits
+
+
 @torch.no_grad()
 def layer_statistic(
     name: str,
@@ -186,19 +250,21 @@ def layer_statistic(
     index_bits: int | None = None,
 ) -> LayerStatistic:
     """Storage of ``weight`` after ``hooks`` (the chain a model applies to it)."""
-    effective = weight.detach()
+    effective, symbols = value_symbols(hooks, weight)
     bits = weight.element_size() * 8
     codebook_entries = 0
     metadata = 0
     for hook in hooks:
-        effective = hook(effective)
         hook_bits = hook_storage_bits(hook)
         if hook_bits is not None:
             bits = hook_bits
-        codebook_entries = max(codebook_entries, getattr(hook, "codebook_entries", lambda: 0)())
+        if isinstance(hook, WeightHook):
+            codebook_entries = max(codebook_entries, hook.codebook_entries())
         metadata += _hook_metadata_bits(hook)
-    layout = best_layout(effective, bits, index_bits)
+    sparse_ok = symbols.codes is None or symbols.zero_code is not None
+    layout = best_layout(effective, bits, index_bits, allow_sparse=sparse_ok)
     extra = codebook_entries * codebook_bits + metadata
+    huffman_bits, entropy = _symbol_sizes(effective, symbols, layout, bits)
     nonzeros = int(torch.count_nonzero(effective))
     return LayerStatistic(
         name=name,
@@ -214,6 +280,8 @@ def layer_statistic(
         dense_bytes=weight.numel() * weight.element_size(),
         nonzero_bytes=(nonzeros * bits + extra) / 8,
         compressed_bytes=(layout.bits + extra) / 8,
+        huffman_bytes=(min(huffman_bits, layout.bits) + extra) / 8,
+        entropy_bytes=(entropy + extra) / 8,
     )
 
 

@@ -52,10 +52,14 @@ class SparseLayout:
     bits: int  # total bits of values and indices (codebooks and scales not included)
 
 
-def best_layout(weight: torch.Tensor, value_bits: int, index_bits: int | None = None) -> SparseLayout:
+def best_layout(
+    weight: torch.Tensor, value_bits: int, index_bits: int | None = None, allow_sparse: bool = True
+) -> SparseLayout:
     """Dense (``numel * value_bits``) or CSR, whichever is smaller; CSR tries every index width up to 16."""
     numel = weight.numel()
     dense = SparseLayout("dense", 0, numel, numel * value_bits)
+    if not allow_sparse:
+        return dense
     gaps = relative_gaps(weight)
     candidates = [index_bits] if index_bits is not None else range(1, MAX_INDEX_BITS + 1)
     best = dense

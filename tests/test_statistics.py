@@ -78,3 +78,48 @@ def test_uncompressed_model_has_ratio_one() -> None:
     model = OneLinear()
     stat = nncf_ext.compression_statistic(model)
     assert stat.layers == [] and stat.params == 40 and stat.ratio == 1.0
+
+
+def test_clustered_layer_storage_and_huffman_match_real_encoding() -> None:
+    import numpy as np
+
+    from nncf_ext.algorithms.kmeans_quantization import KMeansQuantizer
+    from nncf_ext.hooks import effective_weight, hooks_of_type
+    from nncf_ext.huffman import encode
+    from nncf_ext.storage import split_gaps
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128))
+    model = nn.ModuleDict({"body": model})
+    wrapper = type("W", (nn.Module,), {"forward": lambda self, x: self.net["body"](x)})()
+    wrapper.net = model
+    config = {
+        "compression": [
+            {"algorithm": "threshold_pruning", "threshold": 0.05},
+            {"algorithm": "kmeans_quantization", "bits": 4},
+        ]
+    }
+    nncf_ext.create_compression(wrapper, config, torch.randn(1, 64))
+    stat = nncf_ext.compression_statistic(wrapper)
+    (layer,) = stat.layers
+    name = "net.body.0.weight"
+    hook = hooks_of_type(wrapper, KMeansQuantizer)[name]
+    weight = effective_weight(wrapper, name, model["body"][0].weight)
+    assert layer.bits == 4 and layer.codebook_entries == 16 and layer.format == "csr"
+    assert layer.compressed_bytes == (layer.entries * (4 + layer.index_bits) + 16 * 32) / 8
+    # Huffman: encode the real streams and compare byte for byte with the statistic
+    gaps = relative_gaps(weight)
+    gap_codes, is_real = split_gaps(gaps, layer.index_bits)
+    values = torch.zeros(gap_codes.numel(), dtype=torch.long)
+    values[is_real] = hook.index.long().reshape(-1)[weight.reshape(-1) != 0]
+    encoded_gaps = encode(gap_codes.numpy(), 1 << layer.index_bits)
+    encoded_values = encode(values.numpy(), 16)
+    payload = encoded_gaps.payload_bits + encoded_values.payload_bits
+    from nncf_ext.huffman import BLOCK, OFFSET_BITS, table_bits
+
+    blocks = 2 * -(-gap_codes.numel() // BLOCK)  # both streams have one symbol per entry
+    overhead = table_bits(1 << layer.index_bits) + table_bits(16) + blocks * OFFSET_BITS
+    expected_bits = min(payload + overhead, layer.entries * (4 + layer.index_bits))
+    assert layer.huffman_bytes == (expected_bits + 16 * 32) / 8
+    assert layer.entropy_bytes <= layer.huffman_bytes
+    assert np.isfinite(stat.huffman_ratio) and stat.huffman_ratio > stat.ratio * 0.99

@@ -67,6 +67,13 @@ class CompressionAlgorithm(ABC):
     def config_to_dict(cls, config: AlgorithmConfig) -> dict[str, Any]:
         """The JSON form of ``config``; parsing it again gives an equal config."""
 
+    @classmethod
+    def check_composition(
+        cls, config: AlgorithmConfig, previous: list[tuple[str, AlgorithmConfig]], path: str
+    ) -> None:
+        """Validate this entry against the entries before it in the ``compression`` list."""
+        return
+
     # -- application -------------------------------------------------------------------------------------
     def select(self, weights: list[WeightInfo]) -> list[WeightInfo]:
         return select_weights(weights, self.config.target_scope, self.config.ignored_scope, self.path)
@@ -74,10 +81,11 @@ class CompressionAlgorithm(ABC):
     def validate(self, model: nn.Module, weights: list[WeightInfo]) -> None:  # noqa: B027
         """Checks that need the model; called for every algorithm before any hook is placed."""
 
-    def apply(self, model: nn.Module, weights: list[WeightInfo]) -> None:
+    def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
         """Place this algorithm's hooks. The default places :meth:`make_hook` on each weight."""
         self.model = model
         self.weights = weights
+        self.example_input = example_input
         for w in weights:
             hook = self.make_hook(w)
             if hook is not None:

@@ -1,0 +1,180 @@
+"""Uniform n-bit quantization of weights (and optionally activations) with NNCF's own fake quantizers.
+
+Weight quantizers are post-hooks on the weight constants (where NNCF's ``strip`` looks for them, so
+8- and 4-bit layers strip into int8 / int4 weights); activation quantizers are pre-hooks on the input of
+each targeted operation. Every quantizer has exactly ``2 ** bits`` levels and trainable ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from nncf.torch.function_hook.wrapper import register_pre_function_hook
+from nncf.torch.quantization.layers import BaseQuantizer
+from torch import nn
+
+from nncf_ext.algorithms.base import AlgorithmConfig, CompressionAlgorithm, register_algorithm
+from nncf_ext.algorithms.bits import BitsPerScope
+from nncf_ext.algorithms.uniform_quantization.observers import collect_input_ranges
+from nncf_ext.config_reader import ConfigReader
+from nncf_ext.distributed import broadcast_module
+from nncf_ext.hooks import incoming_weight
+from nncf_ext.model import get_weight
+from nncf_ext.quantizers import MODES, init_weight_range, make_quantizer, make_weight_quantizer, set_range
+from nncf_ext.scopes import WeightInfo
+
+INITS = ("minmax", "mse")
+
+
+@dataclass(frozen=True)
+class WeightQuantizationConfig:
+    bits: int = 8
+    mode: str = "symmetric"
+    per_channel: bool = True
+    init: str = "mse"
+    bits_per_scope: BitsPerScope = field(default_factory=BitsPerScope)
+
+
+@dataclass(frozen=True)
+class ActivationQuantizationConfig:
+    bits: int = 8
+    mode: str = "symmetric"
+
+
+@dataclass(frozen=True)
+class UniformQuantizationConfig(AlgorithmConfig):
+    weights: WeightQuantizationConfig = field(default_factory=WeightQuantizationConfig)
+    activations: ActivationQuantizationConfig | None = None
+    trainable_ranges: bool = True
+    start_epoch: int = 0
+
+
+@register_algorithm
+class UniformQuantization(CompressionAlgorithm):
+    name: ClassVar[str] = "uniform_quantization"
+    config: UniformQuantizationConfig
+
+    def __init__(self, config: UniformQuantizationConfig, path: str) -> None:
+        super().__init__(config, path)
+        self.weight_quantizers: dict[str, BaseQuantizer] = {}
+        self.activation_quantizers: dict[str, BaseQuantizer] = {}
+        self.initialized = False
+
+    @classmethod
+    def parse_config(cls, r: ConfigReader) -> UniformQuantizationConfig:
+        w = r.reader("weights", {})
+        weights = WeightQuantizationConfig(
+            bits=w.integer("bits", 8, minimum=2, maximum=8),
+            mode=w.string("mode", "symmetric", choices=MODES),
+            per_channel=w.boolean("per_channel", True),
+            init=w.string("init", "mse", choices=INITS),
+            bits_per_scope=BitsPerScope.read(w, "bits_per_scope", 2, 8),
+        )
+        w.finish()
+        activations = None
+        if r.raw("activations", None) is not None:
+            a = r.reader("activations")
+            activations = ActivationQuantizationConfig(
+                bits=a.integer("bits", 8, minimum=2, maximum=8),
+                mode=a.string("mode", "symmetric", choices=MODES),
+            )
+            a.finish()
+        return UniformQuantizationConfig(
+            weights=weights,
+            activations=activations,
+            trainable_ranges=r.boolean("trainable_ranges", True),
+            start_epoch=r.integer("start_epoch", 0, minimum=0),
+            **AlgorithmConfig.read_scopes(r),
+        )
+
+    @classmethod
+    def config_to_dict(cls, config: AlgorithmConfig) -> dict[str, Any]:
+        assert isinstance(config, UniformQuantizationConfig)
+        w = config.weights
+        weights: dict[str, Any] = {
+            "bits": w.bits,
+            "mode": w.mode,
+            "per_channel": w.per_channel,
+            "init": w.init,
+        }
+        if w.bits_per_scope:
+            weights["bits_per_scope"] = w.bits_per_scope.to_config()
+        out: dict[str, Any] = {
+            "weights": weights,
+            "trainable_ranges": config.trainable_ranges,
+            "start_epoch": config.start_epoch,
+            **config.scopes_to_config(),
+        }
+        if config.activations is not None:
+            out["activations"] = {"bits": config.activations.bits, "mode": config.activations.mode}
+        return out
+
+    def validate(self, model: nn.Module, weights: list[WeightInfo]) -> None:
+        self.config.weights.bits_per_scope.check_matches(weights, f"{self.path}.weights.bits_per_scope")
+
+    def make_hook(self, weight: WeightInfo) -> nn.Module:
+        assert self.model is not None
+        w = self.config.weights
+        tensor = get_weight(self.model, weight.name)
+        quantizer = make_weight_quantizer(
+            tensor, w.bits_per_scope.bits_for(weight, w.bits), w.mode, w.per_channel
+        )
+        quantizer.to(tensor.device)
+        quantizer.disable_quantization()
+        self.weight_quantizers[weight.name] = quantizer
+        return quantizer
+
+    def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
+        super().apply(model, weights, example_input)
+        act = self.config.activations
+        if act is None:
+            return
+        device = get_weight(model, weights[0].name).device
+        for op in dict.fromkeys(op for w in weights for op in w.op_names):
+            quantizer = make_quantizer(act.bits, act.mode, (1,), signed=None, is_weights=False).to(device)
+            quantizer.disable_quantization()
+            register_pre_function_hook(model, op_name=op, port_id=0, hook=quantizer)
+            self.activation_quantizers[op] = quantizer
+
+    @torch.no_grad()
+    def initialize(self) -> None:
+        """Set initial ranges from the current weights and the example input, then switch quantizers on."""
+        assert self.model is not None
+        for name, quantizer in self.weight_quantizers.items():
+            weight = incoming_weight(self.model, name, get_weight(self.model, name), quantizer)
+            init_weight_range(quantizer, weight, self.config.weights.init)
+        if self.activation_quantizers:
+            ranges = collect_input_ranges(self.model, list(self.activation_quantizers), self.example_input)
+            for op, quantizer in self.activation_quantizers.items():
+                set_range(quantizer, *ranges[op])
+        for quantizer in (*self.weight_quantizers.values(), *self.activation_quantizers.values()):
+            broadcast_module(quantizer)
+            quantizer.enable_quantization()
+            if not self.config.trainable_ranges:
+                quantizer.disable_gradients()
+        self.initialized = True
+
+    def epoch_step(self, epoch: int) -> None:
+        super().epoch_step(epoch)
+        if epoch >= self.config.start_epoch and not self.initialized:
+            self.initialize()
+
+    def summary(self) -> dict[str, float]:
+        on = [q for q in self.weight_quantizers.values() if q.is_enabled_quantization()]
+        return {"mean_weight_bits": sum(q.num_bits for q in on) / len(on) if on else 0.0}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "initialized": self.initialized}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.initialized = bool(state["initialized"])
+        for quantizer in (*self.weight_quantizers.values(), *self.activation_quantizers.values()):
+            if self.initialized:
+                quantizer.enable_quantization()
+                if not self.config.trainable_ranges:
+                    quantizer.disable_gradients()
+            else:
+                quantizer.disable_quantization()

@@ -1,0 +1,103 @@
+"""NNCF's own fake quantizers (``SymmetricQuantizer`` / ``AsymmetricQuantizer``), built and initialised
+for nncf-ext's algorithms: exactly ``2 ** bits`` levels (no narrow range, so NNCF's strip can turn them into
+int8 / int4 weights), per-channel or per-tensor, min-max or MSE-optimal initial ranges, trainable ranges.
+"""
+
+from __future__ import annotations
+
+import torch
+from nncf.common.quantization.structs import QuantizationScheme
+from nncf.torch.quantization.layers import (
+    AsymmetricQuantizer,
+    BaseQuantizer,
+    PTQuantizerSpec,
+    SymmetricQuantizer,
+)
+
+MODES = ("symmetric", "asymmetric")
+
+
+def make_quantizer(
+    bits: int, mode: str, scale_shape: tuple[int, ...], *, signed: bool | None, is_weights: bool
+) -> BaseQuantizer:
+    spec = PTQuantizerSpec(
+        num_bits=bits,
+        mode=QuantizationScheme.SYMMETRIC if mode == "symmetric" else QuantizationScheme.ASYMMETRIC,
+        signedness_to_force=signed,
+        narrow_range=False,
+        half_range=False,
+        scale_shape=scale_shape,
+        logarithm_scale=False,
+        is_quantized_on_export=is_weights,
+    )
+    return SymmetricQuantizer(spec) if mode == "symmetric" else AsymmetricQuantizer(spec)
+
+
+def weight_scale_shape(shape: tuple[int, ...], per_channel: bool) -> tuple[int, ...]:
+    """Per output channel (axis 0, as NNCF does for conv and linear weights) or a single scale."""
+    if not per_channel or len(shape) < 2:
+        return (1,)
+    return (shape[0],) + (1,) * (len(shape) - 1)
+
+
+def make_weight_quantizer(weight: torch.Tensor, bits: int, mode: str, per_channel: bool) -> BaseQuantizer:
+    shape = weight_scale_shape(tuple(weight.shape), per_channel)
+    return make_quantizer(bits, mode, shape, signed=True if mode == "symmetric" else None, is_weights=True)
+
+
+def _reduce_dims(x: torch.Tensor, scale_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (
+        tuple(i for i, s in enumerate(scale_shape) if s == 1)
+        if len(scale_shape) == x.dim()
+        else tuple(range(x.dim()))
+    )
+
+
+@torch.no_grad()
+def set_range(quantizer: BaseQuantizer, low: torch.Tensor, high: torch.Tensor) -> None:
+    """Make the quantizer cover ``[low, high]`` (tensors broadcastable to its scale shape)."""
+    shape = quantizer.scale_shape
+    low = low.reshape(-1).reshape(shape) if low.numel() > 1 else low.reshape(1).expand(shape)
+    high = high.reshape(-1).reshape(shape) if high.numel() > 1 else high.reshape(1).expand(shape)
+    if isinstance(quantizer, SymmetricQuantizer):
+        signed = bool((low < 0).any()) if quantizer._signedness_to_force is None else quantizer.signed
+        quantizer.signed = signed
+        quantizer.scale.data.copy_(torch.maximum(high.abs(), low.abs()).clamp(min=1e-8))
+    else:
+        assert isinstance(quantizer, AsymmetricQuantizer)
+        low = torch.minimum(low, torch.zeros_like(low))
+        high = torch.maximum(high, torch.zeros_like(high))
+        quantizer.input_low.data.copy_(low)
+        quantizer.input_range.data.copy_((high - low).clamp(min=1e-8))
+
+
+@torch.no_grad()
+def init_weight_range(quantizer: BaseQuantizer, weight: torch.Tensor, method: str = "minmax") -> None:
+    """Initial range: the weights' min / max, or the clipping of min / max with the least squared error."""
+    dims = _reduce_dims(weight, quantizer.scale_shape)
+    low, high = weight.amin(dim=dims), weight.amax(dim=dims)
+    if method == "minmax":
+        set_range(quantizer, low, high)
+        return
+    best_err = torch.full_like(low, float("inf"))
+    best_ratio = torch.ones_like(low)
+    for ratio in torch.linspace(0.2, 1.0, 33).tolist():
+        set_range(quantizer, low * ratio, high * ratio)
+        err = (quantizer.quantize(weight) - weight).pow(2).sum(dim=dims)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    set_range(quantizer, low * best_ratio, high * best_ratio)
+
+
+@torch.no_grad()
+def quantizer_codes(quantizer: BaseQuantizer, quantized: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """Integer level (0 .. 2**bits - 1) of each already-quantized value, and the level of zero if exact."""
+    input_low, input_high = quantizer.get_input_low_input_high()
+    levels = quantizer.level_high - quantizer.level_low + 1
+    step = (input_high - input_low) / (levels - 1)
+    codes = torch.round((quantized - input_low) / step).clamp_(0, levels - 1).to(torch.int64)
+    zero = torch.round(-input_low / step)
+    exact = bool((quantizer.quantize(torch.zeros_like(input_low)) == 0).all())
+    same = bool((zero == zero.reshape(-1)[0]).all())
+    return codes, int(zero.reshape(-1)[0]) if exact and same else None

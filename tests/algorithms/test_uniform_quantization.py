@@ -1,0 +1,99 @@
+import pytest
+import torch
+from nncf.torch.quantization.layers import BaseQuantizer
+
+import nncf_ext
+from nncf_ext.errors import ConfigError
+from nncf_ext.hooks import effective_weight, hooks_of_type
+from tests.conftest import TinyNet
+
+
+def config(**options: object) -> dict:
+    return {"compression": [{"algorithm": "uniform_quantization", **options}]}
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("mode", ["symmetric", "asymmetric"])
+def test_five_bit_layer_has_at_most_32_values(
+    per_channel: bool, mode: str, example_input: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    options = {"weights": {"bits": 5, "per_channel": per_channel, "mode": mode, "init": "minmax"}}
+    nncf_ext.create_compression(model, config(**options), example_input)
+    for name, param in model.named_parameters():
+        if name not in hooks_of_type(model, BaseQuantizer):
+            continue
+        q = effective_weight(model, name, param)
+        groups = [q[c] for c in range(q.shape[0])] if per_channel else [q]
+        counts = [g.unique().numel() for g in groups]
+        assert max(counts) <= 32
+        if name == "features.3.weight" and not per_channel:
+            assert max(counts) >= 24, "a 5-bit grid over min..max of 576 weights uses most of its 32 levels"
+    stats = nncf_ext.compression_statistic(model)
+    assert all(layer.bits == 5 for layer in stats.layers)
+
+
+def test_exactly_two_to_the_bits_levels(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    nncf_ext.create_compression(
+        model, config(weights={"bits": 3, "per_channel": False, "init": "minmax"}), example_input
+    )
+    w = torch.linspace(-2, 2, 1001)
+    quantizer = hooks_of_type(model, BaseQuantizer)["fc.weight"]
+    quantizer.scale.data.fill_(1.0)
+    assert quantizer(w).unique().numel() == 8  # not 7: no narrow range
+
+
+def test_activations_are_quantized_and_ranges_train(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    nncf_ext.create_compression(model, config(weights={"bits": 8}, activations={"bits": 4}), example_input)
+    seen: list[torch.Tensor] = []
+    handle = model.fc.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    out = model(example_input)
+    handle.remove()
+    assert seen[0].unique().numel() <= 16
+    out.pow(2).sum().backward()
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+
+    scales = [p for n, p in get_hook_storage(model).named_parameters() if "scale" in n]
+    assert scales and all(p.grad is not None for p in scales)
+
+
+def test_start_epoch_delays_quantization(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    reference = model(example_input).detach()
+    pipeline = nncf_ext.create_compression(model, config(weights={"bits": 2}, start_epoch=1), example_input)
+    assert torch.equal(model(example_input), reference)
+    pipeline.epoch_step(1)
+    assert not torch.allclose(model(example_input), reference)
+
+
+def test_round_trip(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    nncf_ext.create_compression(model, config(weights={"bits": 4}, activations={"bits": 8}), example_input)
+    model.eval()
+    fresh = nncf_ext.load_from_config(TinyNet(), nncf_ext.get_config(model))
+    fresh.load_state_dict(model.state_dict())
+    fresh.eval()
+    assert torch.equal(fresh(example_input), model(example_input))
+
+
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        ({"weights": {"bits": 1}}, "compression[0].weights.bits"),
+        ({"weights": {"bits": 9}}, "compression[0].weights.bits"),
+        ({"weights": {"mode": "log"}}, "compression[0].weights.mode"),
+        ({"activations": {"bitz": 8}}, "compression[0].activations.bitz"),
+        ({"weights": {"init": "percentile"}}, "compression[0].weights.init"),
+    ],
+)
+def test_bad_configs(options: dict, path: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        nncf_ext.load_config(config(**options))
+    assert info.value.path == path
