@@ -22,7 +22,73 @@ def test_bad_config_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "compression.algorithm" in capsys.readouterr().err
 
 
-def test_help_describes_every_option() -> None:
+def compress(tmp_path: Path, *extra: str) -> Path:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "compression": [
+                    {"algorithm": "threshold_pruning", "threshold": 0.02},
+                    {"algorithm": "kmeans_quantization", "bits": 4},
+                ]
+            }
+        )
+    )
+    out = tmp_path / "out"
+    args = ["compress", "--task", "toy", "--config", str(config), "--epochs", "1", "--output-dir", str(out)]
+    assert main([*args, *extra]) == 0
+    return out
+
+
+def test_compress_then_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = compress(tmp_path)
+    assert (out / "compressed.pt").exists() and (out / "last.ckpt").exists()
+    saved = json.loads((out / "statistics.json").read_text())
+    assert saved["sparsity"] > 0.1 and saved["layers"][0]["bits"] == 4
+    capsys.readouterr()
+    assert main(["stats", str(out / "compressed.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == saved  # the artifact rebuilds the same model
+    assert main(["stats", str(out / "compressed.pt")]) == 0
+    assert "Total" in capsys.readouterr().out
+
+
+def test_stats_refuses_unsafe_and_foreign_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("executed",))
+
+    torch.save({"format": "nncf-ext/compressed-model/1", "x": Evil()}, tmp_path / "evil.pt")
+    assert main(["stats", str(tmp_path / "evil.pt")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot load" in captured.err and "executed" not in captured.out
+
+    out = compress(tmp_path)
+    payload = torch.load(out / "compressed.pt", weights_only=True)
+    payload["nncf_config"]["compression_state"][0]["module_path"] = "os"
+    payload["nncf_config"]["compression_state"][0]["module_cls_name"] = "system"
+    torch.save(payload, tmp_path / "foreign.pt")
+    assert main(["stats", str(tmp_path / "foreign.pt")]) == 2
+    assert "untrusted" in capsys.readouterr().err
+
+    assert main(["stats", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_compress_resumes(tmp_path: Path) -> None:
+    out = compress(tmp_path)
+    config = tmp_path / "config.json"
+    args = ["compress", "--task", "toy", "--config", str(config), "--epochs", "2", "--output-dir", str(out)]
+    assert main([*args, "--resume", str(out / "last.ckpt")]) == 0
+    import torch
+
+    assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_every_subcommand_documents_its_options() -> None:
     parser = build_parser()
-    for action in parser._subparsers._group_actions[0].choices["demo"]._actions:  # type: ignore[union-attr]
-        assert action.help, action.dest
+    choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"demo", "compress", "stats"} <= set(choices)
+    for name, sub in choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.dest}"

@@ -122,7 +122,7 @@ class UniformQuantization(CompressionAlgorithm):
             tensor, w.bits_per_scope.bits_for(weight, w.bits), w.mode, w.per_channel
         )
         quantizer.to(tensor.device)
-        quantizer.disable_quantization()
+        self._disable(quantizer)
         self.weight_quantizers[weight.name] = quantizer
         return quantizer
 
@@ -134,9 +134,16 @@ class UniformQuantization(CompressionAlgorithm):
         device = get_weight(model, weights[0].name).device
         for op in dict.fromkeys(op for w in weights for op in w.op_names):
             quantizer = make_quantizer(act.bits, act.mode, (1,), signed=None, is_weights=False).to(device)
-            quantizer.disable_quantization()
+            self._disable(quantizer)
             register_pre_function_hook(model, op_name=op, port_id=0, hook=quantizer)
             self.activation_quantizers[op] = quantizer
+
+    def _disable(self, quantizer: BaseQuantizer) -> None:
+        """Quantization off, but trainable ranges keep ``requires_grad`` so that DDP, which registers the
+        parameters to synchronise when it wraps the model, synchronises them once quantization starts."""
+        quantizer.disable_quantization()
+        if self.config.trainable_ranges:
+            quantizer.enable_gradients()
 
     @torch.no_grad()
     def initialize(self) -> None:
@@ -177,4 +184,4 @@ class UniformQuantization(CompressionAlgorithm):
                 if not self.config.trainable_ranges:
                     quantizer.disable_gradients()
             else:
-                quantizer.disable_quantization()
+                self._disable(quantizer)

@@ -1,0 +1,212 @@
+"""NNCFCompressionCallback: any nncf-ext compression config inside ``Trainer.fit``, like Lightning's own
+``ModelPruning`` callback.
+
+::
+
+    trainer = pl.Trainer(callbacks=[NNCFCompressionCallback("examples/configs/deep_compression.json")])
+    trainer.fit(module, datamodule)           # also with strategy="ddp" and ckpt_path=... to resume
+
+The pipeline is created in ``setup`` (before the strategy wraps the model and before the optimizers are
+configured, so hook parameters such as codebooks are trained), schedules advance at each epoch start,
+regularisers are applied by gradient injection after ``backward``, and statistics are logged every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+
+import nncf_ext
+from nncf_ext.config import CompressionConfig, load_config
+from nncf_ext.errors import CheckpointError, ModelError
+
+log = logging.getLogger(__name__)
+
+
+class NNCFCompressionCallback(pl.Callback):
+    """Compress ``pl_module.<model_attr>`` (or the module itself) with an nncf-ext config during ``fit``.
+
+    :param config: a JSON path, a dict or a parsed :class:`~nncf_ext.CompressionConfig`.
+    :param model_attr: attribute of the LightningModule holding the network whose ``forward`` the training
+        step calls (default ``"model"``); ``None`` compresses the LightningModule itself.
+    :param example_input: input for NNCF's graph; default: ``pl_module.example_input_array``, then the
+        config's ``input_info``.
+    :param loss_in_module: set when the LightningModule adds ``callback.pipeline.loss()`` to its own loss;
+        then gradients are not injected (they would be counted twice).
+    :param log_statistics: log sparsity, bits and sizes to the Trainer's loggers each epoch.
+    :param print_statistics: print the statistics table at the end of fit.
+    """
+
+    def __init__(
+        self,
+        config: str | Path | dict[str, Any] | CompressionConfig,
+        *,
+        model_attr: str | None = "model",
+        example_input: Any = None,
+        loss_in_module: bool = False,
+        log_statistics: bool = True,
+        print_statistics: bool = True,
+    ) -> None:
+        self.config = load_config(config)
+        self.model_attr = model_attr
+        self.example_input = example_input
+        self.loss_in_module = loss_in_module
+        self.log_statistics = log_statistics
+        self.print_statistics = print_statistics
+        self.pipeline: nncf_ext.CompressionPipeline | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    # -- model -------------------------------------------------------------------------------------------
+    def target(self, pl_module: pl.LightningModule) -> nn.Module:
+        if self.model_attr is None:
+            return pl_module
+        model = getattr(pl_module, self.model_attr, None)
+        if not isinstance(model, nn.Module):
+            raise ModelError(
+                f"{type(pl_module).__name__} has no module attribute '{self.model_attr}'; "
+                "pass model_attr=None to compress the LightningModule itself"
+            )
+        return model
+
+    def _example_input(self, pl_module: pl.LightningModule) -> Any:
+        example = self.example_input
+        if example is None:
+            example = getattr(pl_module, "example_input_array", None)
+        if example is None:
+            example = self.config.example_input()
+        device = pl_module.device
+        if isinstance(example, torch.Tensor):
+            return example.to(device)
+        if isinstance(example, tuple):
+            return tuple(e.to(device) if isinstance(e, torch.Tensor) else e for e in example)
+        return example
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.pipeline is not None:
+            return
+        if isinstance(trainer.strategy, DDPStrategy):
+            # hooks own parameters that are unused in some epochs (codebooks before clustering starts,
+            # latent weights once indices are frozen); DDP must tolerate that
+            kwargs = trainer.strategy._ddp_kwargs
+            if kwargs.get("find_unused_parameters") is False:
+                raise ModelError("nncf-ext compression under DDP needs find_unused_parameters=True")
+            kwargs["find_unused_parameters"] = True
+        self._check_before_weights_load(pl_module)
+        self.pipeline = nncf_ext.create_compression(
+            self.target(pl_module), self.config, self._example_input(pl_module)
+        )
+        if self._pending_state is not None:
+            self._load_pipeline_state(self._pending_state)
+            self._pending_state = None
+
+    # -- training loop -----------------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.pipeline is not None
+        self.pipeline.epoch_step(trainer.current_epoch)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.loss_in_module or self.pipeline is None:
+            return
+        # Lightning divides the loss by accumulate_grad_batches; the injected gradient must match
+        scale = 1.0 / max(trainer.accumulate_grad_batches, 1)
+        if scale == 1.0:
+            self.pipeline.inject_gradients()
+            return
+        grads = {id(p): p.grad.clone() if p.grad is not None else None for p in pl_module.parameters()}
+        self.pipeline.inject_gradients()
+        for p in pl_module.parameters():
+            before = grads[id(p)]
+            if p.grad is not None:
+                added = p.grad - (before if before is not None else 0)
+                p.grad = (before if before is not None else torch.zeros_like(p.grad)) + added * scale
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.pipeline is not None:
+            self.pipeline.step()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.log_statistics and self.pipeline is not None:
+            self._log(trainer, self.metrics())
+
+    def metrics(self) -> dict[str, float]:
+        """Schedule values and model-level statistics, keyed ``compression/...``."""
+        assert self.pipeline is not None
+        stats = self.pipeline.statistics()
+        out = {f"compression/{k}": v for k, v in self.pipeline.summary().items()}
+        out.update(
+            {
+                "compression/sparsity": stats.sparsity,
+                "compression/compressed_mb": stats.compressed_bytes / 2**20,
+                "compression/huffman_mb": stats.huffman_bytes / 2**20,
+                "compression/ratio": stats.ratio,
+                "compression/huffman_ratio": stats.huffman_ratio,
+            }
+        )
+        return out
+
+    @rank_zero_only
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.print_statistics and self.pipeline is not None:
+            print(self.pipeline.statistics())
+
+    # -- checkpointing -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.pipeline is None:
+            return {}
+        return {
+            "config": self.config.to_dict(),
+            "nncf_config": nncf_ext.get_config(self.pipeline.model),
+            "pipeline": self.pipeline.state_dict(),
+        }
+
+    def _check_before_weights_load(self, pl_module: pl.LightningModule) -> None:
+        """Refuse a checkpoint written with another config before Lightning loads its weights.
+
+        Lightning restores the model before any callback state, so the check rides on the module's
+        ``on_load_checkpoint``, which runs on the loaded checkpoint just before its weights are applied.
+        """
+        original = pl_module.on_load_checkpoint
+        if getattr(original, "_nncf_ext_checked", False):
+            return
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            state = checkpoint.get("callbacks", {}).get(self.state_key)
+            if state:
+                self._check_config(state)
+            original(checkpoint)
+
+        on_load_checkpoint._nncf_ext_checked = True  # type: ignore[attr-defined]
+        pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+
+    def _check_config(self, state: dict[str, Any]) -> None:
+        if state.get("config") != self.config.to_dict():
+            raise CheckpointError(
+                "the checkpoint was written with a different compression config than this callback's"
+            )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._check_config(state_dict)
+        if self.pipeline is None:
+            self._pending_state = state_dict
+        else:
+            self._load_pipeline_state(state_dict)
+
+    def _load_pipeline_state(self, state: dict[str, Any]) -> None:
+        assert self.pipeline is not None
+        self.pipeline.load_state_dict(state["pipeline"])

@@ -1,0 +1,111 @@
+"""The tasks the command line knows, and the portable ``compressed.pt`` artifact of a compressed model.
+
+``compressed.pt`` holds plain data only (loadable with ``torch.load(..., weights_only=True)``): the task
+name and hyper-parameters to rebuild the network, NNCF's hook config and the state dict.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+import nncf_ext
+from nncf_ext.errors import CheckpointError, ConfigError
+
+FORMAT = "nncf-ext/compressed-model/1"
+
+
+@dataclass(frozen=True)
+class Task:
+    """How to build a task's LightningModule and its data."""
+
+    name: str
+    module: Callable[..., pl.LightningModule]
+    datamodule: Callable[..., pl.LightningDataModule]  # (data: str | None, batch_size: int | None, seed: int)
+    description: str
+
+
+def _toy_module(**hparams: Any) -> pl.LightningModule:
+    from lightning_modules.toy.module import ToyModule
+
+    return ToyModule(**hparams)
+
+
+def _toy_data(
+    data: str | None = None, batch_size: int | None = None, seed: int = 0
+) -> pl.LightningDataModule:
+    from lightning_modules.toy.module import ToyDataModule
+
+    return ToyDataModule(batch_size=batch_size or 64, seed=seed)
+
+
+TASKS: dict[str, Task] = {
+    "toy": Task("toy", _toy_module, _toy_data, "gratings classification (tiny, generated in memory)"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ConfigError("task", f"unknown task '{name}'; known: {sorted(TASKS)}")
+    return TASKS[name]
+
+
+def network(module: pl.LightningModule) -> nn.Module:
+    """The network a task trains and compresses (``module.model``)."""
+    model = getattr(module, "model", None)
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{type(module).__name__} has no 'model' network")
+    return model
+
+
+def save_compressed(
+    path: str | Path, task: str, module: pl.LightningModule, config: nncf_ext.CompressionConfig
+) -> Path:
+    """Write the compressed network atomically (temporary file, then rename)."""
+    model = network(module)
+    payload = {
+        "format": FORMAT,
+        "task": task,
+        "hparams": dict(module.hparams),
+        "compression_config": config.to_dict(),
+        "nncf_config": nncf_ext.get_config(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_compressed(path: str | Path) -> tuple[str, pl.LightningModule, dict[str, Any]]:
+    """Rebuild the task module with its compression hooks and weights; returns (task, module, payload)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no such file: {path}") from None
+    except Exception as e:  # pickle refusing an unsafe object, a truncated file, ...
+        raise CheckpointError(f"cannot load {path} safely: {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an nncf-ext compressed model (written by `nncf-ext compress`)")
+    task = get_task(payload["task"])
+    module = task.module(**payload["hparams"])
+    model = network(module)
+    nncf_ext.load_from_config(model, payload["nncf_config"])
+    model.load_state_dict(payload["state_dict"])
+    module.eval()
+    return task.name, module, payload
