@@ -98,8 +98,8 @@ def test_injection_matches_loss_term(tmp_path: Path) -> None:
 
 
 def test_kill_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
-    config = {"compression": [L1, {**PRUNE, "threshold": {"type": "multistep", "steps": {"0": 0.01, "2": 0.03}}},
-                              {**KMEANS, "start_epoch": 3}]}  # fmt: skip
+    later_prune = {**PRUNE, "threshold": {"type": "multistep", "steps": {"0": 0.01, "2": 0.03}}}
+    config = {"compression": [L1, later_prune, {**KMEANS, "start_epoch": 3}]}
 
     def run(root: Path, epochs: int, ckpt: str | None = None) -> ToyModule:
         pl.seed_everything(0)
