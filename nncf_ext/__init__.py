@@ -17,6 +17,7 @@ from nncf_ext.errors import (
     NNCFExtError,
     ParityError,
 )
+from nncf_ext.export import ExportResult, ParityReport, export_openvino, load_archive, save_archive
 from nncf_ext.pipeline import CompressionPipeline, create_compression
 from nncf_ext.scopes import Scope, WeightInfo
 from nncf_ext.serialization import get_config, load_from_config
@@ -32,16 +33,21 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ExportError",
+    "ExportResult",
     "InputInfo",
     "LayerStatistic",
     "ModelError",
     "NNCFExtError",
     "ParityError",
+    "ParityReport",
     "Scope",
     "WeightInfo",
     "compression_statistic",
     "create_compression",
+    "export_openvino",
     "get_config",
+    "load_archive",
     "load_config",
     "load_from_config",
+    "save_archive",
 ]

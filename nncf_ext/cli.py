@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nncf_ext.errors import NNCFExtError
 from nncf_ext.statistics import compression_statistic
@@ -67,6 +68,62 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example_input(module: Any) -> Any:
+    example = getattr(module, "example_input_array", None)
+    if example is None:
+        raise NNCFExtError(f"{type(module).__name__} has no example_input_array to export with")
+    return example
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lightning_modules.tasks import load_compressed, network
+    from nncf_ext.export import export_openvino, save_archive
+
+    _, module, _ = load_compressed(args.checkpoint)
+    model = network(module)
+    result = export_openvino(
+        model,
+        _example_input(module),
+        args.output,
+        compress_to_fp16=args.fp16,
+        check=not args.no_check,
+        tolerance=args.tolerance,
+        device=args.device,
+    )
+    summary = result.to_dict()
+    if args.archive:
+        info = save_archive(model, args.archive)
+        summary["archive"] = {"path": str(info.path), "nbytes": info.nbytes}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from lightning_modules.tasks import load_compressed, network
+    from nncf_ext.export.benchmark import benchmark_model, timings_table, timings_to_dict
+
+    _, module, _ = load_compressed(args.checkpoint)
+    timings = benchmark_model(
+        network(module),
+        _example_input(module),
+        args.output_dir,
+        device=args.device,
+        batch_sizes=args.batch_sizes,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
+    print(timings_table(timings))
+    out = Path(args.output_dir) / "benchmark.json"
+    out.write_text(
+        json.dumps(
+            {"device": args.device, "threads": args.threads, "timings": timings_to_dict(timings)}, indent=2
+        )
+    )
+    print(f"results written to {out}; the IRs also run with OpenVINO's benchmark_app -m <xml>")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nncf-ext",
@@ -101,6 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("checkpoint", help="compressed.pt written by `nncf-ext compress`")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=_stats)
+
+    export = sub.add_parser("export", help="export a compressed.pt to an OpenVINO IR with compressed weights")
+    export.add_argument("checkpoint", help="compressed.pt written by `nncf-ext compress`")
+    export.add_argument("--output", default="outputs/export/model.xml", help="path of the .xml to write")
+    export.add_argument("--archive", default=None, help="also write the Deep Compression archive here (.dca)")
+    export.add_argument(
+        "--fp16", action="store_true", help="store uncompressed weights and codebooks in fp16"
+    )
+    export.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error of the IR")
+    export.add_argument("--no-check", action="store_true", help="skip the parity check against torch")
+    export.add_argument("--device", default="CPU", help="OpenVINO device of the parity check: CPU, GPU, NPU")
+    export.set_defaults(func=_export)
+
+    bench = sub.add_parser("benchmark", help="latency of torch eager, FP32 IR and compressed IR side by side")
+    bench.add_argument("checkpoint", help="compressed.pt written by `nncf-ext compress`")
+    bench.add_argument(
+        "--output-dir", default="outputs/benchmark", help="where the IRs and benchmark.json go"
+    )
+    bench.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or NPU")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
+    bench.add_argument("--repeats", type=int, default=30, help="timed runs (the median is reported)")
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch and OpenVINO")
+    bench.set_defaults(func=_benchmark)
     return parser
 
 

@@ -14,14 +14,11 @@ from typing import Any
 import torch
 from nncf.common.utils.helpers import create_table
 from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE
-from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
 
-from nncf_ext.hooks import WeightHook, hook_storage_bits, weight_hooks
-from nncf_ext.huffman import huffman_size
+from nncf_ext.hooks import weight_hooks
 from nncf_ext.model import get_weight
-from nncf_ext.quantizers import quantizer_codes
-from nncf_ext.storage import SparseLayout, best_layout, relative_gaps, split_gaps
+from nncf_ext.storage import ir_bytes, layer_streams, storage_layout, weight_storage
 
 
 @dataclass
@@ -43,6 +40,7 @@ class LayerStatistic:
     compressed_bytes: float
     huffman_bytes: float
     entropy_bytes: float
+    ir_bytes: int
 
     @property
     def sparsity(self) -> float:
@@ -100,6 +98,11 @@ class CompressionStatistic:
         return sum(s.entropy_bytes for s in self.layers) + self.other_bytes
 
     @property
+    def ir_bytes(self) -> float:
+        """Predicted weight bytes of the OpenVINO IR (``nncf_ext.export_openvino``)."""
+        return sum(s.ir_bytes for s in self.layers) + self.other_bytes
+
+    @property
     def ratio(self) -> float:
         return self.dense_bytes / self.compressed_bytes if self.compressed_bytes else float("inf")
 
@@ -127,6 +130,7 @@ class CompressionStatistic:
             "compressed_bytes": self.compressed_bytes,
             "huffman_bytes": self.huffman_bytes,
             "entropy_bytes": self.entropy_bytes,
+            "ir_bytes": self.ir_bytes,
             "ratio": self.ratio,
             "huffman_ratio": self.huffman_ratio,
         }
@@ -174,72 +178,6 @@ def format_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def _hook_metadata_bits(hook: nn.Module) -> int:
-    """Bits of per-channel scales / ranges a quantizer stores beside the weights."""
-    if isinstance(hook, BaseQuantizer) and hook.is_enabled_quantization():
-        return sum(p.numel() * 32 for p in hook.parameters() if p.dtype.is_floating_point)
-    return 0
-
-
-@dataclass
-class ValueSymbols:
-    """How a layer's values are stored: integer codes over an alphabet, or raw floats (``codes`` None)."""
-
-    codes: torch.Tensor | None
-    alphabet: int
-    zero_code: int | None  # code of an exact zero; None if zero has no code (then CSR is impossible)
-
-
-def value_symbols(hooks: list[nn.Module], weight: torch.Tensor) -> tuple[torch.Tensor, ValueSymbols]:
-    """Run ``weight`` through ``hooks``; the last quantizing hook decides how values are coded."""
-    effective = weight.detach()
-    symbols = ValueSymbols(None, 0, 0)
-    for hook in hooks:
-        effective = hook(effective)
-        codes = (
-            hook.value_codes() if isinstance(hook, WeightHook) and hook.storage_bits() is not None else None
-        )
-        if isinstance(hook, WeightHook) and codes is not None:
-            codebook = hook.effective_codebook()
-            assert codebook is not None
-            zeros = torch.nonzero(codebook.detach() == 0).reshape(-1)
-            zero_code = int(zeros[0]) if zeros.numel() else None
-            symbols = ValueSymbols(codes.long(), hook.codebook_entries(), zero_code)
-        elif isinstance(hook, BaseQuantizer) and hook.is_enabled_quantization():
-            codes, zero = quantizer_codes(hook, effective)
-            symbols = ValueSymbols(codes, 1 << int(hook.num_bits), zero)
-    return effective, symbols
-
-
-def _symbol_sizes(
-    effective: torch.Tensor, symbols: ValueSymbols, layout: SparseLayout, bits: int
-) -> tuple[int, float]:
-    """Huffman-coded bits and entropy bound of values and relative indices under ``layout``."""
-    huffman_bits = 0
-    entropy = 0.0
-    if layout.format == "csr":
-        gaps = relative_gaps(effective)
-        gap_codes, is_real = split_gaps(gaps, layout.index_bits)
-        gap_freqs = torch.bincount(gap_codes, minlength=1 << layout.index_bits).numpy()
-        size = huffman_size(gap_freqs)
-        huffman_bits += size.total_bits
-        entropy += size.entropy_bits
-        fillers = int((~is_real).sum())
-    if symbols.codes is None:
-        huffman_bits += layout.entries * bits if layout.format == "csr" else effective.numel() * bits
-        entropy += layout.entries * bits if layout.format == "csr" else effective.numel() * bits
-        return huffman_bits, entropy
-    codes = symbols.codes.reshape(-1)
-    if layout.format == "csr":
-        codes = codes[effective.reshape(-1) != 0]
-    freqs = torch.bincount(codes, minlength=symbols.alphabet)
-    if layout.format == "csr" and fillers:
-        assert symbols.zero_code is not None
-        freqs[symbols.zero_code] += fillers
-    size = huffman_size(freqs.numpy())
-    return huffman_bits + size.total_bits, entropy + size.entropy_bits
-
-
 @torch.no_grad()
 def layer_statistic(
     name: str,
@@ -250,38 +188,28 @@ def layer_statistic(
     index_bits: int | None = None,
 ) -> LayerStatistic:
     """Storage of ``weight`` after ``hooks`` (the chain a model applies to it)."""
-    effective, symbols = value_symbols(hooks, weight)
-    bits = weight.element_size() * 8
-    codebook_entries = 0
-    metadata = 0
-    for hook in hooks:
-        hook_bits = hook_storage_bits(hook)
-        if hook_bits is not None:
-            bits = hook_bits
-        if isinstance(hook, WeightHook):
-            codebook_entries = max(codebook_entries, hook.codebook_entries())
-        metadata += _hook_metadata_bits(hook)
-    sparse_ok = symbols.codes is None or symbols.zero_code is not None
-    layout = best_layout(effective, bits, index_bits, allow_sparse=sparse_ok)
-    extra = codebook_entries * codebook_bits + metadata
-    huffman_bits, entropy = _symbol_sizes(effective, symbols, layout, bits)
+    effective, storage = weight_storage(hooks, weight)
+    layout = storage_layout(effective, storage, index_bits)
+    extra = storage.metadata_bits(codebook_bits)
+    coded = [stream.stored_bits() for stream in layer_streams(effective, storage, layout)]
     nonzeros = int(torch.count_nonzero(effective))
     return LayerStatistic(
         name=name,
         shape=tuple(weight.shape),
         params=weight.numel(),
         nonzeros=nonzeros,
-        bits=bits,
+        bits=storage.bits,
         format=layout.format,
         index_bits=layout.index_bits,
         entries=layout.entries,
-        codebook_entries=codebook_entries,
-        metadata_bits=metadata,
+        codebook_entries=storage.alphabet if storage.kind == "codebook" else 0,
+        metadata_bits=extra,
         dense_bytes=weight.numel() * weight.element_size(),
-        nonzero_bytes=(nonzeros * bits + extra) / 8,
+        nonzero_bytes=(nonzeros * storage.bits + extra) / 8,
         compressed_bytes=(layout.bits + extra) / 8,
-        huffman_bytes=(min(huffman_bits, layout.bits) + extra) / 8,
-        entropy_bytes=(entropy + extra) / 8,
+        huffman_bytes=(sum(bits for _, bits, _ in coded) + extra) / 8,
+        entropy_bytes=(sum(bound for _, _, bound in coded) + extra) / 8,
+        ir_bytes=ir_bytes(weight_storage(hooks, weight, prefer="int")[1], weight.numel()),
     )
 
 

@@ -1,19 +1,146 @@
-"""Storage formats of Deep Compression (Han et al. 2016), computed exactly from a weight tensor.
+"""How a compressed weight is stored, exactly, in Deep Compression's terms (Han et al. 2016).
 
-Sparse weights are stored as a flat list of (relative index, value) entries: each non-zero is stored with
-the gap to the previous one in ``index_bits`` bits. A gap larger than ``2 ** index_bits`` is bridged by
-filler entries of value zero, so a gap ``g`` costs ``ceil(g / 2 ** index_bits)`` entries.
+Values: a weight is coded as ``codebook`` indices (weight sharing), ``int`` levels with per-channel scales
+(uniform quantization) or raw ``float`` values. Positions: dense, or a flat list of (relative index, value)
+entries where each non-zero is stored with the gap to the previous one in ``index_bits`` bits; a gap larger
+than ``2 ** index_bits`` is bridged by filler entries of value zero, so a gap ``g`` costs
+``ceil(g / 2 ** index_bits)`` entries. Each symbol stream is then Huffman coded when that is smaller.
+
+Statistics, the OpenVINO writer and the archive all read weights through this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from nncf.torch.quantization.layers import BaseQuantizer, SymmetricQuantizer
+from torch import nn
+
+from nncf_ext.hooks import WeightHook
+from nncf_ext.huffman import HuffmanSize, huffman_size
+from nncf_ext.quantizers import quantizer_codes
 
 MAX_INDEX_BITS = 16
 
 
+# -- values ----------------------------------------------------------------------------------------------
+@dataclass
+class WeightStorage:
+    """The coded values of one weight. ``codes`` are in ``[0, alphabet)``; ``zero_code`` codes 0.0 exactly.
+
+    * ``codebook``: ``w = codebook[codes]``;
+    * ``int``: ``w = (codes - zero_point) * scale`` (per output channel); ``signed`` when symmetric, i.e.
+      ``zero_point == 2 ** (bits - 1)`` everywhere;
+    * ``float``: raw values (``codes`` is None).
+    """
+
+    kind: str
+    bits: int
+    codes: torch.Tensor | None = None
+    alphabet: int = 0
+    zero_code: int | None = None
+    codebook: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    zero_point: torch.Tensor | None = None
+    signed: bool = False
+    quantizer: BaseQuantizer | None = None  # int: the NNCF quantizer whose levels the codes are
+
+    def metadata_bits(self, codebook_bits: int = 32) -> int:
+        """Codebook entries (``codebook_bits`` each) or the quantizer's fp32 ranges (per channel)."""
+        if self.kind == "codebook":
+            assert self.codebook is not None
+            return self.codebook.numel() * codebook_bits
+        if self.kind == "int":
+            assert self.quantizer is not None
+            return sum(p.numel() * 32 for p in self.quantizer.parameters() if p.dtype.is_floating_point)
+        return 0
+
+
+def ir_bytes(storage: WeightStorage, numel: int) -> int:
+    """Bytes an OpenVINO IR spends on the weight: 4- or 8-bit containers plus codebook or scales (fp32)."""
+    if storage.kind == "float":
+        return numel * storage.bits // 8
+    container = 4 if storage.bits <= 4 else 8
+    data = (numel * container + 7) // 8
+    if storage.kind == "codebook":
+        return data + storage.alphabet * 4
+    assert storage.scale is not None
+    zero = 0 if storage.signed else storage.scale.numel() * 4
+    return data + storage.scale.numel() * 4 + zero
+
+
+def _cluster_codebook(effective: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The single value each cluster takes in ``effective``, or None if some cluster takes several."""
+    flat_index = index.reshape(-1).long()
+    flat = effective.reshape(-1)
+    codebook = torch.zeros(k, dtype=flat.dtype).scatter_(0, flat_index, flat)
+    return codebook if torch.equal(codebook[flat_index], flat) else None
+
+
+def _int_storage(quantizer: BaseQuantizer, effective: torch.Tensor) -> WeightStorage:
+    codes, zero_code = quantizer_codes(quantizer, effective)
+    input_low, input_high = quantizer.get_input_low_input_high()
+    levels = quantizer.level_high - quantizer.level_low + 1
+    step = ((input_high - input_low) / (levels - 1)).detach()
+    zero = torch.round(-input_low.detach() / step)
+    bits = int(quantizer.num_bits)
+    signed = (
+        isinstance(quantizer, SymmetricQuantizer)
+        and quantizer.signed
+        and bool((zero == 1 << (bits - 1)).all())
+    )
+    return WeightStorage(
+        "int",
+        bits,
+        codes,
+        1 << bits,
+        zero_code,
+        scale=step,
+        zero_point=zero,
+        signed=signed,
+        quantizer=quantizer,
+    )
+
+
+@torch.no_grad()
+def weight_storage(
+    hooks: list[nn.Module], weight: torch.Tensor, prefer: str = "compact"
+) -> tuple[torch.Tensor, WeightStorage]:
+    """Effective value of ``weight`` after ``hooks`` and how to code it.
+
+    ``prefer="compact"`` takes codebook indices whenever every cluster maps to one value (fewest bits, for
+    statistics and archives); ``prefer="int"`` takes integer levels when the chain ends in a quantizer (so an
+    OpenVINO IR computes in int8, cluster-preserving quantization).
+    """
+    effective = weight.detach()
+    shared: WeightHook | None = None
+    quantizer: BaseQuantizer | None = None
+    for hook in hooks:
+        effective = hook(effective)
+        if isinstance(hook, WeightHook) and hook.value_codes() is not None:
+            shared = hook
+        elif isinstance(hook, BaseQuantizer) and hook.is_enabled_quantization():
+            quantizer = hook
+    if quantizer is not None and (prefer == "int" or shared is None):
+        return effective, _int_storage(quantizer, effective)
+    if shared is not None:
+        index = shared.value_codes()
+        assert index is not None
+        k = shared.codebook_entries()
+        codebook = _cluster_codebook(effective, index, k)
+        if codebook is not None:
+            zeros = torch.nonzero(codebook == 0).reshape(-1)
+            zero_code = int(zeros[0]) if zeros.numel() else None
+            bits = max(int(k - 1).bit_length(), 1)
+            return effective, WeightStorage("codebook", bits, index.long(), k, zero_code, codebook=codebook)
+        if quantizer is not None:
+            return effective, _int_storage(quantizer, effective)
+    return effective, WeightStorage("float", effective.element_size() * 8)
+
+
+# -- positions -------------------------------------------------------------------------------------------
 def relative_gaps(weight: torch.Tensor) -> torch.Tensor:
     """Gaps between consecutive non-zeros of the flattened tensor (the first is its position + 1)."""
     positions = torch.nonzero(weight.reshape(-1) != 0).reshape(-1)
@@ -42,9 +169,14 @@ def split_gaps(gaps: torch.Tensor, index_bits: int) -> tuple[torch.Tensor, torch
     return codes, is_real
 
 
+def positions_from_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`split_gaps`: flat position of every entry (fillers included)."""
+    return torch.cumsum(codes + 1, 0) - 1
+
+
 @dataclass(frozen=True)
 class SparseLayout:
-    """The cheapest way to store a tensor: dense, or relative-index CSR with the best index width."""
+    """The cheapest fixed-width way to store a tensor: dense, or relative-index CSR with the best width."""
 
     format: str  # "dense" or "csr"
     index_bits: int
@@ -69,3 +201,66 @@ def best_layout(
         if bits < best.bits or (index_bits is not None and best is dense and bits == dense.bits):
             best = SparseLayout("csr", b, entries, bits)
     return best
+
+
+def storage_layout(
+    effective: torch.Tensor, storage: WeightStorage, index_bits: int | None = None
+) -> SparseLayout:
+    """Best layout; CSR needs a code for the zeros of its filler entries."""
+    sparse_ok = storage.kind == "float" or storage.zero_code is not None
+    return best_layout(effective, storage.bits, index_bits, allow_sparse=sparse_ok)
+
+
+# -- streams ---------------------------------------------------------------------------------------------
+@dataclass
+class Stream:
+    """One sequence of symbols to store: value codes, relative-index codes, or raw float bits."""
+
+    name: str
+    symbols: np.ndarray  # int64 codes, or float32 values for raw streams
+    alphabet: int  # 0 for raw float values
+    fixed_bits: int  # bits per symbol without entropy coding
+
+    @property
+    def is_raw(self) -> bool:
+        return self.alphabet == 0
+
+    def huffman(self) -> HuffmanSize | None:
+        return None if self.is_raw else huffman_size(np.bincount(self.symbols, minlength=self.alphabet))
+
+    @property
+    def fixed_size(self) -> int:
+        return int(self.symbols.size) * self.fixed_bits
+
+    def stored_bits(self) -> tuple[str, int, float]:
+        """(coding, bits, entropy bound): Huffman where it is smaller than fixed width."""
+        size = self.huffman()
+        if size is None:
+            return "fixed", self.fixed_size, float(self.fixed_size)
+        if size.total_bits < self.fixed_size:
+            return "huffman", size.total_bits, size.entropy_bits
+        return "fixed", self.fixed_size, size.entropy_bits
+
+
+def layer_streams(effective: torch.Tensor, storage: WeightStorage, layout: SparseLayout) -> list[Stream]:
+    """The symbol streams of a weight under ``layout``: relative indices (CSR only), then values."""
+    streams: list[Stream] = []
+    flat = effective.reshape(-1)
+    if layout.format == "csr":
+        gap_codes, is_real = split_gaps(relative_gaps(effective), layout.index_bits)
+        streams.append(Stream("indices", gap_codes.numpy(), 1 << layout.index_bits, layout.index_bits))
+        nonzero = flat != 0
+        if storage.codes is None:
+            values = torch.zeros(gap_codes.numel(), dtype=torch.float32)
+            values[is_real] = flat[nonzero].float()
+        else:
+            assert storage.zero_code is not None
+            values = torch.full((gap_codes.numel(),), storage.zero_code, dtype=torch.long)
+            values[is_real] = storage.codes.reshape(-1)[nonzero]
+    else:
+        values = flat.float() if storage.codes is None else storage.codes.reshape(-1)
+    if storage.codes is None:
+        streams.append(Stream("values", values.numpy().astype(np.float32), 0, 32))
+    else:
+        streams.append(Stream("values", values.numpy().astype(np.int64), storage.alphabet, storage.bits))
+    return streams

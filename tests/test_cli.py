@@ -88,7 +88,45 @@ def test_compress_resumes(tmp_path: Path) -> None:
 def test_every_subcommand_documents_its_options() -> None:
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"demo", "compress", "stats"} <= set(choices)
+    assert {"demo", "compress", "stats", "export", "benchmark"} <= set(choices)
     for name, sub in choices.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.dest}"
+
+
+def test_export_and_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = compress(tmp_path)
+    capsys.readouterr()
+    xml = tmp_path / "ir" / "model.xml"
+    assert (
+        main(
+            ["export", str(out / "compressed.pt"), "--output", str(xml), "--archive", str(tmp_path / "m.dca")]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["weights"].values()) == {"u4"} and summary["parity"]["ok"]
+    assert xml.exists() and (tmp_path / "m.dca").exists()
+    assert (
+        main(
+            [
+                "benchmark",
+                str(out / "compressed.pt"),
+                "--output-dir",
+                str(tmp_path / "bench"),
+                "--repeats",
+                "3",
+                "--warmup",
+                "1",
+                "--batch-sizes",
+                "1",
+                "4",
+            ]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    variants = {(t["variant"], t["batch"]) for t in result["timings"]}
+    assert {("torch eager fp32", 1), ("openvino fp32 IR", 4), ("openvino compressed IR", 4)} <= variants
+    sizes = {t["variant"]: t["size_bytes"] for t in result["timings"]}
+    assert sizes["openvino compressed IR"] < 0.2 * sizes["openvino fp32 IR"]

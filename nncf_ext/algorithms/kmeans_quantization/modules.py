@@ -126,8 +126,8 @@ class KMeansQuantizer(WeightHook):
         return self.k if bool(self.active) else 0
 
     def value_codes(self) -> torch.Tensor | None:
-        """The stored symbol of every weight: its centroid index."""
-        return self.index
+        """The stored symbol of every weight: its centroid index (None before clustering)."""
+        return self.index if bool(self.active) else None
 
     def get_config(self) -> dict[str, Any]:
         return {

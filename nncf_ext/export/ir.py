@@ -1,0 +1,136 @@
+"""Rewriting the weight constants of a converted OpenVINO model into compressed storage.
+
+* codebook weights: ``Constant(u4 | u8 indices) -> Convert(u8) -> Gather(codebook, axis 0)``, the pattern
+  NNCF's own CODEBOOK weight compression emits;
+* integer weights: ``Constant(i8 | u8 | i4 | u4) -> Convert -> [Subtract(zero point)] -> Multiply(scale)``,
+  OpenVINO's weight decompression pattern (int8 compute where activations carry FakeQuantize).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as opset
+
+from nncf_ext.errors import ExportError
+from nncf_ext.storage import WeightStorage
+
+TORCH_CONST_PREFIX = "self."
+
+
+def _codebook_subgraph(name: str, storage: WeightStorage, fp16: bool) -> tuple[ov.Node, ov.Type]:
+    assert storage.codebook is not None and storage.codes is not None
+    k = storage.codebook.numel()
+    values = storage.codebook.detach().float().numpy()
+    codebook = opset.constant(values.astype(np.float16) if fp16 else values, name=f"{name}/codebook")
+    if fp16:
+        codebook = opset.convert(codebook, ov.Type.f32)
+    index_type = ov.Type.u4 if k <= 16 else ov.Type.u8
+    if k > 256:
+        raise ExportError(f"'{name}': codebooks of more than 256 entries are not supported, got {k}")
+    index = opset.constant(storage.codes.numpy().astype(np.uint8), dtype=index_type, name=f"{name}/indices")
+    if index_type == ov.Type.u4:
+        index = opset.convert(index, ov.Type.u8)
+    return opset.gather(codebook, index, 0, name=f"{name}/codebook_gather"), index_type
+
+
+def _int_subgraph(name: str, storage: WeightStorage) -> tuple[ov.Node, ov.Type]:
+    assert storage.codes is not None and storage.scale is not None
+    small = storage.bits <= 4
+    values = storage.codes.numpy()
+    if storage.signed:  # symmetric: store q - 2^(b-1), so that w = q * scale
+        dtype = ov.Type.i4 if small else ov.Type.i8
+        values = (values - (1 << (storage.bits - 1))).astype(np.int8)
+    else:
+        dtype = ov.Type.u4 if small else ov.Type.u8
+        values = values.astype(np.uint8)
+    codes = opset.constant(values, dtype=dtype, name=f"{name}/codes")
+    weights: ov.Node = opset.convert(codes, ov.Type.f32)
+    if not storage.signed and storage.zero_point is not None:
+        zero = storage.zero_point.detach().float().numpy()
+        weights = opset.subtract(weights, opset.constant(zero, name=f"{name}/zero_point"))
+    scale = storage.scale.detach().float().numpy()
+    return opset.multiply(
+        weights, opset.constant(scale, name=f"{name}/scale"), name=f"{name}/decompress"
+    ), dtype
+
+
+WEIGHTED_OPS = {"Convolution": 1, "GroupConvolution": 1, "ConvolutionBackpropData": 1, "MatMul": 1}
+
+
+def _weight_constants(model: ov.Model) -> list[ov.Node]:
+    """Constants feeding the weight input of a convolution or matrix multiplication."""
+    found: dict[int, ov.Node] = {}
+    for op in model.get_ops():
+        port = WEIGHTED_OPS.get(op.get_type_name())
+        if port is None:
+            continue
+        source = op.input_value(port).get_node()
+        if source.get_type_name() == "Constant":
+            found[id(source)] = source
+    return list(found.values())
+
+
+def _folded_scale(folded: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+    """Per-output-channel factor ``s`` with ``folded == weight * s`` (OpenVINO folds BatchNorm this way)."""
+    if folded.shape != weight.shape:
+        return None
+    f = folded.reshape(folded.shape[0], -1).astype(np.float64)
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    energy = (w * w).sum(1)
+    s = np.where(energy > 0, (f * w).sum(1) / np.maximum(energy, 1e-300), 1.0)
+    if not np.allclose(w * s[:, None], f, rtol=1e-5, atol=1e-6 * float(np.abs(f).max() or 1.0)):
+        return None
+    return s.astype(np.float32).reshape(-1, *([1] * (weight.ndim - 1)))
+
+
+def compress_weights(
+    model: ov.Model,
+    storages: dict[str, WeightStorage],
+    weights: dict[str, np.ndarray],
+    fp16_codebooks: bool = False,
+) -> dict[str, str]:
+    """Replace the constants of compressed weights; returns ``{weight: element type stored}``.
+
+    ``weights`` are the effective float values the converted model was built from. A weight whose constant
+    OpenVINO has renamed and multiplied by a per-channel factor (BatchNorm folding) is found by its values
+    and stored compressed times that factor; one transformed otherwise stays float and is reported ``f32``.
+    """
+    by_name = {
+        op.get_friendly_name()[len(TORCH_CONST_PREFIX) :]: op
+        for op in model.get_ops()
+        if op.get_type_name() == "Constant" and op.get_friendly_name().startswith(TORCH_CONST_PREFIX)
+    }
+    folded = [c for c in _weight_constants(model) if not c.get_friendly_name().startswith(TORCH_CONST_PREFIX)]
+    stored: dict[str, str] = {}
+    for name, storage in storages.items():
+        if storage.kind == "float":
+            continue
+        scale: np.ndarray | None = None
+        if name in by_name:
+            source = by_name[name]
+        else:  # renamed by a transformation: find the one constant that is this weight times a channel factor
+            fits = [
+                (c, f)
+                for c in folded
+                if list(c.get_output_shape(0)) == list(weights[name].shape)
+                and (f := _folded_scale(c.get_data(), weights[name])) is not None
+            ]
+            if len(fits) != 1:
+                stored[name] = "f32"
+                continue
+            source, scale = fits[0]
+            folded.remove(source)
+        if storage.kind == "codebook":
+            node, element_type = _codebook_subgraph(name, storage, fp16_codebooks)
+        else:
+            node, element_type = _int_subgraph(name, storage)
+        if scale is not None:
+            node = opset.multiply(
+                node, opset.constant(scale, name=f"{name}/folded_scale"), name=f"{name}/folded"
+            )
+        for target in list(source.output(0).get_target_inputs()):
+            target.replace_source_output(node.output(0))
+        stored[name] = element_type.get_type_name()
+    model.validate_nodes_and_infer_types()
+    return stored

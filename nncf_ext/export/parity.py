@@ -1,0 +1,97 @@
+"""Comparing an exported OpenVINO model with the torch model it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nncf_ext.errors import ParityError
+from nncf_ext.model import frozen_state, run_model
+
+
+@dataclass
+class ParityReport:
+    """Worst errors over all parity inputs and outputs; ``max_rel`` is relative to the output's magnitude."""
+
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    inputs: int
+    per_output: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def to_numpy_inputs(example: Any) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy() for t in _as_tuple(example)]
+
+
+def _flatten(output: Any) -> list[np.ndarray]:
+    if isinstance(output, torch.Tensor):
+        return [output.detach().cpu().numpy()]
+    if isinstance(output, (tuple, list)):
+        return [a for o in output for a in _flatten(o)]
+    if isinstance(output, dict):
+        return [a for k in sorted(output) for a in _flatten(output[k])]
+    raise ParityError(f"cannot compare a model output of type {type(output).__name__}")
+
+
+def parity_inputs(example: Any, count: int = 4, seed: int = 0) -> list[Any]:
+    """The example input and ``count - 1`` random inputs of its shapes and scale (integer inputs are kept)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = [example]
+    for _ in range(count - 1):
+        sample = tuple(
+            torch.randn(t.shape, generator=g) * (float(t.float().std()) or 1.0) + float(t.float().mean())
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+            else t
+            for t in _as_tuple(example)
+        )
+        inputs.append(sample if isinstance(example, tuple) else sample[0])
+    return inputs
+
+
+def check_parity(
+    model: nn.Module,
+    compiled: Any,
+    inputs: Sequence[Any],
+    tolerance: float = 1e-3,
+    raise_on_failure: bool = True,
+) -> ParityReport:
+    """Run both models on ``inputs``; relative error = max |ov - torch| / max |torch| per output."""
+    worst_abs = worst_rel = 0.0
+    per_output: list[dict[str, float]] = []
+    with frozen_state(model):
+        for j, x in enumerate(inputs):
+            expected = _flatten(run_model(model, x))
+            got = [np.asarray(v) for v in compiled(to_numpy_inputs(x)).values()]
+            if len(got) != len(expected):
+                raise ParityError(f"the IR has {len(got)} outputs, the torch model {len(expected)}")
+            for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+                if e.shape != g.shape:
+                    raise ParityError(f"output {i}: IR shape {g.shape} != torch shape {e.shape}")
+                abs_err = float(np.max(np.abs(e.astype(np.float64) - g)))
+                rel_err = abs_err / max(float(np.max(np.abs(e))), 1e-12)
+                per_output.append({"input": j, "output": i, "max_abs": abs_err, "max_rel": rel_err})
+                worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
+    report = ParityReport(worst_abs, worst_rel, tolerance, len(inputs), per_output)
+    if raise_on_failure and not report.ok:
+        raise ParityError(
+            f"the exported model differs from the torch model: max relative error {worst_rel:.3g} "
+            f"(max abs {worst_abs:.3g}) > tolerance {tolerance:g}"
+        )
+    return report

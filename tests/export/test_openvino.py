@@ -1,0 +1,165 @@
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from torch import nn
+
+import nncf_ext
+from nncf_ext.errors import ExportError, ModelError, ParityError
+from nncf_ext.export import OpenVINOModel
+from tests.conftest import TinyNet
+
+PRUNE = {"algorithm": "threshold_pruning", "threshold": 0.1}
+CASES = {
+    "kmeans4": ([PRUNE, {"algorithm": "kmeans_quantization", "bits": 4}], {"u4"}),
+    "kmeans8": ([{"algorithm": "kmeans_quantization", "bits": 8, "preserve_sparsity": False}], {"u8"}),
+    "int8-sym": ([{"algorithm": "uniform_quantization", "weights": {"bits": 8}}], {"i8"}),
+    "int4-sym": ([PRUNE, {"algorithm": "uniform_quantization", "weights": {"bits": 4}}], {"i4"}),
+    "int5-asym": (
+        [{"algorithm": "uniform_quantization", "weights": {"bits": 5, "mode": "asymmetric"}}],
+        {"u8"},
+    ),
+    "int8-acts": (
+        [{"algorithm": "uniform_quantization", "weights": {"bits": 8}, "activations": {"bits": 8}}],
+        {"i8"},
+    ),
+    # cluster-preserving quantization: centroids snapped to a per-tensor int8 grid -> int8 IR
+    "cqat": (
+        [
+            PRUNE,
+            {"algorithm": "kmeans_quantization", "bits": 4},
+            {
+                "algorithm": "uniform_quantization",
+                "weights": {"bits": 8, "per_channel": False},
+                "activations": {},
+            },
+        ],
+        {"i8"},
+    ),
+    "pruned-only": ([PRUNE], set()),
+}
+
+
+def compressed(entries: list, example_input: torch.Tensor) -> tuple[TinyNet, nncf_ext.CompressionPipeline]:
+    torch.manual_seed(0)
+    model = TinyNet()
+    pipeline = nncf_ext.create_compression(model, {"compression": entries}, example_input)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for _ in range(3):  # trained codebooks / ranges, not just initial ones
+        optimizer.zero_grad()
+        model(example_input).pow(2).sum().backward()
+        optimizer.step()
+        pipeline.step()
+    return model, pipeline
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_types_parity_and_size(case: str, tmp_path: Path, example_input: torch.Tensor) -> None:
+    entries, element_types = CASES[case]
+    model, pipeline = compressed(entries, example_input)
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "model.xml")
+    assert set(result.weights.values()) == element_types
+    assert len(result.weights) == (3 if element_types else 0)
+    ov_model = ov.Core().read_model(result.xml_path)
+    types = {
+        op.get_output_element_type(0).get_type_name()
+        for op in ov_model.get_ops()
+        if op.get_type_name() == "Constant"
+    }
+    assert element_types <= types
+    assert result.parity is not None and result.parity.ok and result.parity.max_rel < 1e-5
+    predicted = pipeline.statistics().ir_bytes
+    # OpenVINO adds shape constants and FakeQuantize ranges, and folds BatchNorm into fewer constants
+    assert abs(result.bin_bytes - predicted) <= 256 + 0.01 * predicted
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_codebook_ir_is_a_quarter_of_fp32(tmp_path: Path) -> None:
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(512, 512)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    x = torch.randn(2, 512)
+    fp32 = nncf_ext.export_openvino(Wide(), x, tmp_path / "fp32.xml").bin_bytes
+    model = Wide()
+    nncf_ext.create_compression(model, {"compression": {"algorithm": "kmeans_quantization", "bits": 8}}, x)
+    clustered = nncf_ext.export_openvino(model, x, tmp_path / "kmeans8.xml").bin_bytes
+    assert clustered / fp32 <= 0.27
+
+
+def test_exported_ir_serves_task_metrics_through_the_torch_interface(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    model, _ = compressed(CASES["kmeans4"][0], example_input)
+    nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
+    ir = OpenVINOModel(tmp_path / "m.xml", config={"INFERENCE_PRECISION_HINT": "f32"})
+    batch = torch.randn(5, 3, 12, 12)
+    model.eval()
+    torch.testing.assert_close(ir(batch), model(batch), atol=1e-5, rtol=1e-4)
+
+
+def test_benchmark_app_runs_the_ir(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed(CASES["kmeans4"][0], example_input)
+    nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
+    app = Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "benchmark_app"
+    app = app if app.exists() else Path(".venv/bin/benchmark_app")
+    result = subprocess.run(
+        [str(app), "-m", str(tmp_path / "m.xml"), "-niter", "5", "-nireq", "1", "-shape", "[2,3,12,12]", "-hint", "none"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Throughput" in result.stdout
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+
+def test_parity_failure_writes_nothing(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed(CASES["kmeans4"][0], example_input)
+    with pytest.raises(ParityError, match="relative error"):  # bf16 inference cannot meet 1e-6
+        nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml", precision="bf16", tolerance=1e-6)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_hook_is_refused(tmp_path: Path, example_input: torch.Tensor) -> None:
+    from nncf.torch.function_hook import register_post_function_hook
+
+    from nncf_ext.hooks import WeightHook
+
+    class Doubler(WeightHook):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    model, _ = compressed([PRUNE], example_input)
+    register_post_function_hook(model, "fc.weight", 0, Doubler())
+    with pytest.raises(ExportError, match=r"does not know the hook .*Doubler"):
+        nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_path_and_rejected_input(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    with pytest.raises(ExportError, match="not writable"):
+        nncf_ext.export_openvino(model, example_input, "/proc/self/m.xml")  # even root cannot write there
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="cannot create the directory"):
+        nncf_ext.export_openvino(model, example_input, tmp_path / "file" / "m.xml")
+    with pytest.raises(ModelError, match="rejects the example input"):
+        nncf_ext.export_openvino(model, torch.randn(1, 7, 12, 12), tmp_path / "m.xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_uncompressed_model_exports_too(tmp_path: Path, example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "plain.xml")
+    assert result.weights == {} and result.parity is not None and result.parity.ok
+    assert np.isclose(result.bin_bytes, sum(p.numel() * 4 for p in model.parameters()) + 16 * 4, rtol=0.05)
