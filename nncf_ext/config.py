@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-import nncf_ext.algorithms  # noqa: F401  (registers the algorithms)
 from nncf_ext.algorithms.base import ALGORITHMS, AlgorithmConfig, algorithm_class
 from nncf_ext.config_reader import ConfigReader, type_name
 from nncf_ext.errors import ConfigError

@@ -155,3 +155,14 @@ def check_finite(model: nn.Module, weights: list[WeightInfo]) -> None:
             raise ModelError(
                 f"weight '{w.name}' has {bad} NaN or Inf values; fix the model before compressing it"
             )
+
+
+def model_weights(model: nn.Module, example_input: Any) -> list[WeightInfo]:
+    """The weight constants of ``model`` (NNCF's graph), leaving the model exactly as it was."""
+    check_example_input(model, example_input)
+    was_wrapped = is_wrapped(model)
+    with wrapping_transaction(model) as wrapped:
+        weights = find_weights(wrapped, build_graph(wrapped, example_input))
+    if not was_wrapped:
+        unwrap_model(model)
+    return weights

@@ -101,3 +101,16 @@ def quantizer_codes(quantizer: BaseQuantizer, quantized: torch.Tensor) -> tuple[
     exact = bool((quantizer.quantize(torch.zeros_like(input_low)) == 0).all())
     same = bool((zero == zero.reshape(-1)[0]).all())
     return codes, int(zero.reshape(-1)[0]) if exact and same else None
+
+
+def scale_range_gradients(quantizer: BaseQuantizer, elements_per_scale: int) -> None:
+    """LSQ (Esser et al. 2020): multiply the gradient of the quantizer's range by ``1 / sqrt(N * Qp)``.
+
+    ``N`` is the number of elements sharing one scale, ``Qp`` the largest positive level.
+    """
+    bits = int(quantizer.num_bits)
+    qp = (1 << (bits - 1)) - 1 if isinstance(quantizer, SymmetricQuantizer) else (1 << bits) - 1
+    factor = 1.0 / (max(elements_per_scale, 1) * max(qp, 1)) ** 0.5
+    for param in quantizer.parameters():
+        if param.dtype.is_floating_point:
+            param.register_hook(lambda grad, f=factor: grad * f)

@@ -3,7 +3,8 @@
 A :class:`Scope` has the shape of :class:`nncf.IgnoredScope` (``names``, ``patterns``, ``types``) but matches
 weight constants, so a user may name a weight, its module or its NNCF operation:
 
-* ``names``: exact const name (``features.0.weight``), module name (``features.0``) or op node
+* ``names``: exact const name (``features.0.weight``), module name (``features.0``; a module name covers
+  the weights of its submodules too, so ``features`` selects every ``features.*`` weight) or op node
   (``features/0/conv2d/0``);
 * ``patterns``: regular expressions matched at the start of those names (``re.match``, as NNCF does);
 * ``types``: NNCF op type (``conv2d``, ``linear``) or module class name (``Conv2d``, ``Linear``).
@@ -44,6 +45,10 @@ class WeightInfo:
     def match_names(self) -> tuple[str, ...]:
         return (self.name, self.module_name, *self.op_names)
 
+    def in_module(self, name: str) -> bool:
+        """True for an exact name of this weight, or a module that contains it."""
+        return name in self.match_names or self.module_name.startswith(name + ".")
+
     @property
     def match_types(self) -> tuple[str, ...]:
         return (self.module_type, *self.op_types)
@@ -74,7 +79,7 @@ class Scope:
         """Map each rule (``names[0]``, ``patterns[1]``, ...) to the weights it matches."""
         out: dict[str, list[str]] = {}
         for i, name in enumerate(self.names):
-            out[f"names[{i}]"] = [w.name for w in weights if name in w.match_names]
+            out[f"names[{i}]"] = [w.name for w in weights if w.in_module(name)]
         for i, pattern in enumerate(self._compiled):
             out[f"patterns[{i}]"] = [w.name for w in weights if any(pattern.match(n) for n in w.match_names)]
         for i, type_ in enumerate(self.types):
@@ -83,7 +88,7 @@ class Scope:
 
     def matches(self, weight: WeightInfo) -> bool:
         return (
-            any(n in weight.match_names for n in self.names)
+            any(weight.in_module(n) for n in self.names)
             or any(p.match(n) for p in self._compiled for n in weight.match_names)
             or any(t in weight.match_types for t in self.types)
         )

@@ -4,7 +4,7 @@
 codebooks and weight quantizers applied) and a :class:`~nncf_ext.storage.WeightStorage` per compressed
 weight that tells the OpenVINO writer how to store it: codebook indices, integer codes with scales, or
 floats (integer codes win when the chain ends in a quantizer, so the IR computes in int8).
-Activation quantizers stay and are turned into FakeQuantize operations by NNCF's own ``strip``.
+Activation quantizers become ``torch.fake_quantize_per_tensor_affine``, i.e. OpenVINO FakeQuantize.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import nncf
+import torch
 from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
 from nncf.torch.function_hook.wrapper import get_hook_storage, is_wrapped
 from nncf.torch.quantization.layers import AsymmetricQuantizer, BaseQuantizer, SymmetricQuantizer
@@ -60,11 +60,35 @@ def strip_for_export(model: nn.Module, example_input: Any) -> tuple[nn.Module, d
     for hook_name, hook in list(storage.named_hooks(remove_duplicate=False)):
         if id(hook) in weight_hook_ids:
             storage.delete_hook(hook_name)
-    for hook_name, hook in storage.named_hooks():
+    for hook_name, hook in list(storage.named_hooks()):
         if not isinstance(hook, BaseQuantizer):
             raise ExportError(f"export does not know the hook {type(hook).__name__} at {hook_name}")
-    if not storage.is_empty():  # activation quantizers -> torch FakeQuantize -> OpenVINO FakeQuantize
-        stripped = nncf.strip(
-            stripped, do_copy=False, strip_format=nncf.StripFormat.NATIVE, example_input=example_input
-        )
+        # activation quantizer -> torch fake_quantize -> OpenVINO FakeQuantize, at any bit-width
+        storage.set_submodule(hook_name, TorchFakeQuantize.from_quantizer(hook))
     return stripped, storages
+
+
+class TorchFakeQuantize(nn.Module):
+    """An NNCF quantizer as ``torch.fake_quantize_per_tensor_affine`` (NNCF converts only 8 bits)."""
+
+    def __init__(self, scale: float, zero_point: int, quant_min: int, quant_max: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point, self.quant_min, self.quant_max = scale, zero_point, quant_min, quant_max
+
+    @classmethod
+    def from_quantizer(cls, quantizer: BaseQuantizer) -> TorchFakeQuantize:
+        if quantizer.per_channel:
+            raise ExportError("per-channel activation quantizers are not supported by export")
+        if not quantizer.is_enabled_quantization():
+            return cls(1.0, 0, 0, 0)  # not started yet: identity (quant_min == quant_max marks it)
+        level_low, level_high, scale, zero_point = quantizer.get_parameters_for_torch_fq()
+        return cls(
+            float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]), int(level_low), int(level_high)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_min == self.quant_max:
+            return x
+        return torch.fake_quantize_per_tensor_affine(
+            x, self.scale, self.zero_point, self.quant_min, self.quant_max
+        )

@@ -8,6 +8,7 @@ each targeted operation. Every quantizer has exactly ``2 ** bits`` levels and tr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import prod
 from typing import Any, ClassVar
 
 import torch
@@ -17,12 +18,19 @@ from torch import nn
 
 from nncf_ext.algorithms.base import AlgorithmConfig, CompressionAlgorithm, register_algorithm
 from nncf_ext.algorithms.bits import BitsPerScope
-from nncf_ext.algorithms.uniform_quantization.observers import collect_input_ranges
+from nncf_ext.algorithms.uniform_quantization.observers import collect_input_ranges, collect_input_sizes
 from nncf_ext.config_reader import ConfigReader
 from nncf_ext.distributed import broadcast_module
 from nncf_ext.hooks import incoming_weight
 from nncf_ext.model import get_weight
-from nncf_ext.quantizers import MODES, init_weight_range, make_quantizer, make_weight_quantizer, set_range
+from nncf_ext.quantizers import (
+    MODES,
+    init_weight_range,
+    make_quantizer,
+    make_weight_quantizer,
+    scale_range_gradients,
+    set_range,
+)
 from nncf_ext.scopes import WeightInfo
 
 INITS = ("minmax", "mse")
@@ -48,6 +56,7 @@ class UniformQuantizationConfig(AlgorithmConfig):
     weights: WeightQuantizationConfig = field(default_factory=WeightQuantizationConfig)
     activations: ActivationQuantizationConfig | None = None
     trainable_ranges: bool = True
+    lsq_gradient_scale: bool = False
     start_epoch: int = 0
 
 
@@ -85,6 +94,7 @@ class UniformQuantization(CompressionAlgorithm):
             weights=weights,
             activations=activations,
             trainable_ranges=r.boolean("trainable_ranges", True),
+            lsq_gradient_scale=r.boolean("lsq_gradient_scale", False),
             start_epoch=r.integer("start_epoch", 0, minimum=0),
             **AlgorithmConfig.read_scopes(r),
         )
@@ -104,6 +114,7 @@ class UniformQuantization(CompressionAlgorithm):
         out: dict[str, Any] = {
             "weights": weights,
             "trainable_ranges": config.trainable_ranges,
+            "lsq_gradient_scale": config.lsq_gradient_scale,
             "start_epoch": config.start_epoch,
             **config.scopes_to_config(),
         }
@@ -123,6 +134,9 @@ class UniformQuantization(CompressionAlgorithm):
         )
         quantizer.to(tensor.device)
         self._disable(quantizer)
+        if self.config.lsq_gradient_scale:
+            per_scale = tensor.numel() // max(prod(quantizer.scale_shape), 1)
+            scale_range_gradients(quantizer, per_scale)
         self.weight_quantizers[weight.name] = quantizer
         return quantizer
 
@@ -132,9 +146,13 @@ class UniformQuantization(CompressionAlgorithm):
         if act is None:
             return
         device = get_weight(model, weights[0].name).device
-        for op in dict.fromkeys(op for w in weights for op in w.op_names):
+        ops = list(dict.fromkeys(op for w in weights for op in w.op_names))
+        sizes = collect_input_sizes(model, ops, example_input) if self.config.lsq_gradient_scale else {}
+        for op in ops:
             quantizer = make_quantizer(act.bits, act.mode, (1,), signed=None, is_weights=False).to(device)
             self._disable(quantizer)
+            if op in sizes:
+                scale_range_gradients(quantizer, sizes[op])
             register_pre_function_hook(model, op_name=op, port_id=0, hook=quantizer)
             self.activation_quantizers[op] = quantizer
 

@@ -12,24 +12,24 @@ from nncf_ext.model import frozen_state, run_model
 
 
 class MinMaxObserver(nn.Module):
-    """A pass-through hook that records the running min and max of what flows through it."""
+    """A pass-through hook that records the running min and max of what flows through it, and its size."""
 
     def __init__(self) -> None:
         super().__init__()
         self.low = torch.tensor(float("inf"))
         self.high = torch.tensor(float("-inf"))
+        self.per_sample = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.low = torch.minimum(self.low, x.detach().min().float().cpu())
         self.high = torch.maximum(self.high, x.detach().max().float().cpu())
+        self.per_sample = x[0].numel() if x.dim() > 1 else x.numel()
         return x
 
 
 @torch.no_grad()
-def collect_input_ranges(
-    model: nn.Module, op_names: list[str], example_input: Any
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{op: (min, max)}`` of each op's input (port 0); the observers are removed afterwards."""
+def observe_inputs(model: nn.Module, op_names: list[str], example_input: Any) -> dict[str, MinMaxObserver]:
+    """Observers of each op's input (port 0) after one forward pass; they are removed afterwards."""
     observers = {op: MinMaxObserver() for op in op_names}
     handles = [
         register_pre_function_hook(model, op_name=op, port_id=0, hook=obs) for op, obs in observers.items()
@@ -40,4 +40,16 @@ def collect_input_ranges(
     finally:
         for handle in handles:
             handle.remove()
-    return {op: (obs.low, obs.high) for op, obs in observers.items()}
+    return observers
+
+
+def collect_input_ranges(
+    model: nn.Module, op_names: list[str], example_input: Any
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{op: (min, max)}`` of each op's input over the example input."""
+    return {op: (obs.low, obs.high) for op, obs in observe_inputs(model, op_names, example_input).items()}
+
+
+def collect_input_sizes(model: nn.Module, op_names: list[str], example_input: Any) -> dict[str, int]:
+    """``{op: elements of one sample of its input}``."""
+    return {op: obs.per_sample for op, obs in observe_inputs(model, op_names, example_input).items()}

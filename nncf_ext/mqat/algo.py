@@ -1,0 +1,339 @@
+"""``{"algorithm": "mqat", ...}``: modular gradated quantization-aware training (Javed et al., TMLR 2024).
+
+Each module (backbone, FPN, head, ...) gets one bit-width, given explicitly or chosen by the ILP from a
+sensitivity table under a target compression. Modules are quantized one per stage, in a gradated order
+(least sensitive first by default), each stage fine-tuning for ``epochs_per_stage`` epochs while the modules
+quantized earlier stay quantized (trainable or frozen). ``"order": "simultaneous"`` quantizes all modules at
+once, which with an ILP allocation from Hessian sensitivities is the HAWQ-V3 baseline.
+
+::
+
+    {"algorithm": "mqat",
+     "modules": {"backbone": {"patterns": ["backbone\\\\."]}, "fpn": {"patterns": ["fpn\\\\."]},
+                 "head": {"patterns": ["head\\\\."]}},
+     "allocation": {"sensitivity": "sensitivity.json", "target_compression": 8},
+     "activations": {"bits": 8}, "epochs_per_stage": 2}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+
+from nncf_ext.algorithms.base import AlgorithmConfig, CompressionAlgorithm, register_algorithm
+from nncf_ext.algorithms.uniform_quantization.algo import (
+    ActivationQuantizationConfig,
+    UniformQuantization,
+    UniformQuantizationConfig,
+    WeightQuantizationConfig,
+)
+from nncf_ext.config_reader import ConfigReader, check_int
+from nncf_ext.errors import CheckpointError, ConfigError
+from nncf_ext.model import get_weight
+from nncf_ext.mqat.ilp import allocate_bits
+from nncf_ext.mqat.sensitivity import SensitivityTable
+from nncf_ext.mqat.spec import ModuleSpec, module_sizes, resolve_modules
+from nncf_ext.quantizers import MODES
+from nncf_ext.scopes import Scope, WeightInfo
+
+
+@dataclass(frozen=True)
+class Allocation:
+    sensitivity: str
+    target_compression: float
+    candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    ties: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class MQATConfig(AlgorithmConfig):
+    modules: ModuleSpec = field(default_factory=ModuleSpec)
+    keep_apart: Scope = field(default_factory=Scope)
+    bits: tuple[tuple[str, int], ...] = ()
+    allocation: Allocation | None = None
+    order: str | tuple[str, ...] = "sensitivity"
+    start_epoch: int = 0
+    epochs_per_stage: int = 1
+    freeze_quantized: bool = False
+    weights: WeightQuantizationConfig = field(default_factory=WeightQuantizationConfig)
+    activation_bits: int | str | None = None  # an int, "module" (the module's bits) or None (weights only)
+    lsq_gradient_scale: bool = True
+
+
+def _read_allocation(r: ConfigReader) -> Allocation | None:
+    if r.raw("allocation", None) is None:
+        return None
+    a = r.reader("allocation")
+    bits = tuple(a.integers("candidate_bits", [2, 3, 4, 5, 6, 8], minimum=2))
+    for i, b in enumerate(bits):
+        check_int(b, f"{a.sub('candidate_bits')}[{i}]", 2, 8)
+    if len(set(bits)) != len(bits):
+        raise ConfigError(a.sub("candidate_bits"), f"bit-widths repeat: {list(bits)}")
+    ties_raw = a.raw("ties", [])
+    if not isinstance(ties_raw, list) or not all(
+        isinstance(t, list) and all(isinstance(m, str) for m in t) for t in ties_raw
+    ):
+        raise ConfigError(a.sub("ties"), "expected a list of lists of module names")
+    allocation = Allocation(
+        sensitivity=a.string("sensitivity"),
+        target_compression=a.number("target_compression", minimum=1.0, exclusive_minimum=True),
+        candidate_bits=bits,
+        ties=tuple(tuple(t) for t in ties_raw),
+    )
+    a.finish()
+    return allocation
+
+
+@register_algorithm
+class MQAT(CompressionAlgorithm):
+    name: ClassVar[str] = "mqat"
+    config: MQATConfig
+
+    def __init__(self, config: MQATConfig, path: str) -> None:
+        super().__init__(config, path)
+        self.modules: dict[str, list[WeightInfo]] = {}
+        self.bits: dict[str, int] = {}
+        self.order: list[str] = []
+        self.stages: dict[str, UniformQuantization] = {}
+        self.table: SensitivityTable | None = None
+
+    # -- config ------------------------------------------------------------------------------------------
+    @classmethod
+    def parse_config(cls, r: ConfigReader) -> MQATConfig:
+        bits_raw = r.raw("bits", {})
+        if not isinstance(bits_raw, dict):
+            raise ConfigError(r.sub("bits"), "expected an object {module: bits}")
+        bits = tuple((m, check_int(b, f"{r.sub('bits')}.{m}", 2, 8)) for m, b in bits_raw.items())
+        allocation = _read_allocation(r)
+        if not bits and allocation is None:
+            raise ConfigError(
+                r.path, 'give "bits" per module or an "allocation" (sensitivity + target_compression)'
+            )
+        if bits and allocation is not None:
+            raise ConfigError(r.sub("allocation"), 'give either "bits" or "allocation", not both')
+        order_raw = r.raw("order", "sensitivity" if allocation is not None else "configured")
+        if isinstance(order_raw, list) and all(isinstance(m, str) for m in order_raw):
+            order: str | tuple[str, ...] = tuple(order_raw)
+        elif order_raw in ("sensitivity", "configured", "simultaneous"):
+            order = order_raw
+        else:
+            raise ConfigError(
+                r.sub("order"), 'expected "sensitivity", "configured", "simultaneous" or a list of modules'
+            )
+        w = r.reader("weights", {})
+        weights = WeightQuantizationConfig(
+            mode=w.string("mode", "symmetric", choices=MODES),
+            per_channel=w.boolean("per_channel", True),
+            init=w.string("init", "mse", choices=("minmax", "mse")),
+        )
+        w.finish()
+        act_raw = r.raw("activations", None)
+        activation_bits: int | str | None = None
+        if act_raw is not None:
+            a = r.reader("activations")
+            value = a.raw("bits", 8)
+            activation_bits = "module" if value == "module" else check_int(value, a.sub("bits"), 2, 8)
+            a.finish()
+        config = MQATConfig(
+            modules=ModuleSpec.from_config(r.raw("modules", {}), r.sub("modules")),
+            keep_apart=Scope.from_config(r.raw("keep_apart", {}), r.sub("keep_apart")),
+            bits=bits,
+            allocation=allocation,
+            order=order,
+            start_epoch=r.integer("start_epoch", 0, minimum=0),
+            epochs_per_stage=r.integer("epochs_per_stage", 1, minimum=1),
+            freeze_quantized=r.boolean("freeze_quantized", False),
+            weights=weights,
+            activation_bits=activation_bits,
+            lsq_gradient_scale=r.boolean("lsq_gradient_scale", True),
+            **AlgorithmConfig.read_scopes(r),
+        )
+        if config.order == "sensitivity" and allocation is None:
+            raise ConfigError(
+                r.sub("order"), '"sensitivity" order needs an "allocation" with a sensitivity table'
+            )
+        return config
+
+    @classmethod
+    def config_to_dict(cls, config: AlgorithmConfig) -> dict[str, Any]:
+        assert isinstance(config, MQATConfig)
+        out: dict[str, Any] = {
+            "order": list(config.order) if isinstance(config.order, tuple) else config.order,
+            "start_epoch": config.start_epoch,
+            "epochs_per_stage": config.epochs_per_stage,
+            "freeze_quantized": config.freeze_quantized,
+            "weights": {
+                "mode": config.weights.mode,
+                "per_channel": config.weights.per_channel,
+                "init": config.weights.init,
+            },
+            "lsq_gradient_scale": config.lsq_gradient_scale,
+            **config.scopes_to_config(),
+        }
+        if config.modules.scopes:
+            out["modules"] = config.modules.to_config()
+        if not config.keep_apart.is_empty:
+            out["keep_apart"] = config.keep_apart.to_config()
+        if config.bits:
+            out["bits"] = dict(config.bits)
+        if config.allocation is not None:
+            a = config.allocation
+            out["allocation"] = {
+                "sensitivity": a.sensitivity,
+                "target_compression": a.target_compression,
+                "candidate_bits": list(a.candidate_bits),
+                "ties": [list(t) for t in a.ties],
+            }
+        if config.activation_bits is not None:
+            out["activations"] = {"bits": config.activation_bits}
+        return out
+
+    # -- resolution --------------------------------------------------------------------------------------
+    def validate(self, model: nn.Module, weights: list[WeightInfo]) -> None:
+        self.modules = resolve_modules(self.config.modules, weights, self.config.keep_apart, self.path)
+        if self.config.bits:
+            for m, _ in self.config.bits:
+                if m not in self.modules:
+                    raise ConfigError(
+                        f"{self.path}.bits.{m}", f"unknown module; modules are {list(self.modules)}"
+                    )
+            missing = [m for m in self.modules if m not in dict(self.config.bits)]
+            if missing:
+                raise ConfigError(f"{self.path}.bits", f"no bit-width for modules {missing}")
+            self.bits = dict(self.config.bits)
+        else:
+            self.bits = self._allocate(model)
+        self.order = self._order()
+
+    def _allocate(self, model: nn.Module) -> dict[str, int]:
+        allocation = self.config.allocation
+        assert allocation is not None
+        path = f"{self.path}.allocation"
+        try:
+            self.table = SensitivityTable.load(allocation.sensitivity)
+        except CheckpointError as e:
+            raise ConfigError(f"{path}.sensitivity", str(e)) from None
+        if set(self.table.costs) != set(self.modules):
+            raise ConfigError(
+                f"{path}.sensitivity",
+                f"table has modules {sorted(self.table.costs)}, the model {sorted(self.modules)}",
+            )
+        costs = {}
+        for m in self.modules:
+            missing = [b for b in allocation.candidate_bits if b not in self.table.costs[m]]
+            if missing:
+                raise ConfigError(f"{path}.sensitivity", f"module '{m}' was not measured at {missing} bits")
+            costs[m] = {b: self.table.costs[m][b] for b in allocation.candidate_bits}
+        for group in allocation.ties:
+            for m in group:
+                if m not in self.modules:
+                    raise ConfigError(f"{path}.ties", f"unknown module '{m}'")
+        sizes = module_sizes(self.modules)
+        total_bits = sum(p.numel() * p.element_size() * 8 for p in model.parameters())
+        other_bits = total_bits - 32 * sum(sizes.values())
+        budget = total_bits / allocation.target_compression - other_bits
+        try:
+            return allocate_bits(costs, sizes, budget, ties=allocation.ties)
+        except ConfigError as e:
+            raise ConfigError(f"{path}.target_compression", e.message) from None
+
+    def _order(self) -> list[str]:
+        order = self.config.order
+        if isinstance(order, tuple):
+            if sorted(order) != sorted(self.modules):
+                raise ConfigError(
+                    f"{self.path}.order", f"must list the modules {list(self.modules)} once each"
+                )
+            return list(order)
+        if order == "sensitivity":
+            assert self.table is not None
+            return self.table.order(self.bits)
+        return list(self.modules)
+
+    # -- stages ------------------------------------------------------------------------------------------
+    def stage_epoch(self, module: str) -> int:
+        """First epoch of the stage that quantizes ``module``."""
+        if self.config.order == "simultaneous":
+            return self.config.start_epoch
+        return self.config.start_epoch + self.order.index(module) * self.config.epochs_per_stage
+
+    def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
+        self.model, self.weights, self.example_input = model, weights, example_input
+        for module in self.order:
+            bits = self.bits[module]
+            act = self.config.activation_bits
+            activations = None
+            if act is not None:
+                activations = ActivationQuantizationConfig(bits=bits if act == "module" else int(act))
+            config = UniformQuantizationConfig(
+                weights=WeightQuantizationConfig(
+                    bits=bits, mode=self.config.weights.mode, per_channel=self.config.weights.per_channel,
+                    init=self.config.weights.init,
+                ),
+                activations=activations,
+                lsq_gradient_scale=self.config.lsq_gradient_scale,
+                start_epoch=self.stage_epoch(module),
+                target_scope=Scope(names=tuple(w.name for w in self.modules[module])),
+            )  # fmt: skip
+            stage = UniformQuantization(config, f"{self.path}[{module}]")
+            stage.apply(model, self.modules[module], example_input)
+            self.stages[module] = stage
+
+    def epoch_step(self, epoch: int) -> None:
+        super().epoch_step(epoch)
+        for stage in self.stages.values():
+            stage.epoch_step(epoch)
+        if self.config.freeze_quantized:
+            self._freeze(epoch)
+
+    def _freeze(self, epoch: int) -> None:
+        """Stop training the modules whose stage is over (all but the one quantized in this stage)."""
+        assert self.model is not None
+        current = max((self.stage_epoch(m) for m in self.order if self.stage_epoch(m) <= epoch), default=None)
+        for module, stage in self.stages.items():
+            frozen = current is not None and self.stage_epoch(module) < current
+            for w in self.modules[module]:
+                get_weight(self.model, w.name).requires_grad_(not frozen)
+            for quantizer in stage.weight_quantizers.values():
+                for p in quantizer.parameters():
+                    if p.dtype.is_floating_point:
+                        p.requires_grad_(not frozen)
+
+    def quantized_modules(self) -> list[str]:
+        return [m for m in self.order if self.stages[m].initialized]
+
+    def summary(self) -> dict[str, float]:
+        done = self.quantized_modules()
+        return {
+            "quantized_modules": float(len(done)),
+            **{f"bits/{m}": float(self.bits[m]) for m in self.order},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "stages": {m: s.state_dict() for m, s in self.stages.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for module, stage in self.stages.items():
+            stage.load_state_dict(state["stages"][module])
+        if self.config.freeze_quantized and self.epoch >= 0:
+            self._freeze(self.epoch)
+
+
+def module_bits(algorithm: MQAT) -> dict[str, int]:
+    """The bit-width of every module, in quantization order."""
+    return {m: algorithm.bits[m] for m in algorithm.order}
+
+
+def describe(algorithm: MQAT) -> list[dict[str, Any]]:
+    """One row per module: bits, weights, stage epoch (for tables and JSON)."""
+    return [
+        {"module": m, "bits": algorithm.bits[m], "weights": sum(w.numel for w in algorithm.modules[m]),
+         "stage_epoch": algorithm.stage_epoch(m)}
+        for m in algorithm.order
+    ]  # fmt: skip
+
+
+__all__ = ["MQAT", "MQATConfig", "describe", "module_bits"]

@@ -1,0 +1,186 @@
+"""How much each module suffers from low precision, per candidate bit-width.
+
+* ``measure_sensitivity``: quantize one module's weights alone and evaluate the task (a metric on a
+  validation subset, or a loss: any ``evaluate() -> float``); the cost is the drop from full precision.
+* ``hessian_sensitivity`` (HAWQ-V3, Yao et al. 2021): ``Tr(H_m) / n_m * ||Q_b(W_m) - W_m||^2`` with each
+  module's Hessian trace estimated by Hutchinson's method from Hessian-vector products.
+
+Tables are cached as JSON, keyed by the method, modules and bit-widths they were measured for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nncf_ext.errors import CheckpointError
+from nncf_ext.model import get_weight
+from nncf_ext.quantizers import init_weight_range, make_weight_quantizer
+from nncf_ext.scopes import WeightInfo
+
+
+@dataclass
+class SensitivityTable:
+    """``costs[module][bits]``: the loss of quality when only ``module`` is quantized to ``bits``."""
+
+    method: str
+    baseline: float
+    costs: dict[str, dict[int, float]]
+
+    def order(self, bits: Mapping[str, int] | None = None) -> list[str]:
+        """Modules from the least to the most sensitive (at ``bits``, else at the fewest bits measured)."""
+
+        def cost(m: str) -> float:
+            b = bits[m] if bits and m in bits else min(self.costs[m])
+            return self.costs[m][b]
+
+        return sorted(self.costs, key=cost)
+
+    def to_dict(self) -> dict[str, object]:
+        costs = {m: {str(b): c for b, c in per.items()} for m, per in self.costs.items()}
+        return {"method": self.method, "baseline": self.baseline, "costs": costs}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SensitivityTable:
+        try:
+            raw = json.loads(Path(path).read_text())
+            costs = {m: {int(b): float(c) for b, c in per.items()} for m, per in raw["costs"].items()}
+            return cls(str(raw["method"]), float(raw["baseline"]), costs)
+        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read the sensitivity table {path}: {e}") from None
+
+    def matches(self, method: str, modules: Sequence[str], bits: Sequence[int]) -> bool:
+        return (
+            self.method == method
+            and set(self.costs) == set(modules)
+            and all(set(self.costs[m]) == set(bits) for m in modules)
+        )
+
+
+@torch.no_grad()
+def quantized_weight(
+    weight: torch.Tensor, bits: int, mode: str = "symmetric", init: str = "mse"
+) -> torch.Tensor:
+    """``weight`` as a per-channel ``bits``-bit NNCF quantizer (MSE-initialised range) would make it."""
+    quantizer = make_weight_quantizer(weight, bits, mode, per_channel=True).to(weight.device)
+    init_weight_range(quantizer, weight, init)
+    return quantizer.quantize(weight)
+
+
+@contextmanager
+def weights_quantized(model: nn.Module, weights: Sequence[WeightInfo], bits: int) -> Iterator[None]:
+    """Temporarily replace the values of ``weights`` by their ``bits``-bit quantization."""
+    originals = {w.name: get_weight(model, w.name).detach().clone() for w in weights}
+    try:
+        with torch.no_grad():
+            for w in weights:
+                param = get_weight(model, w.name)
+                param.copy_(quantized_weight(param, bits))
+        yield
+    finally:
+        with torch.no_grad():
+            for w in weights:
+                get_weight(model, w.name).copy_(originals[w.name])
+
+
+def _cached(
+    cache: str | Path | None, method: str, modules: Mapping[str, object], bits: Sequence[int]
+) -> SensitivityTable | None:
+    if cache is None or not Path(cache).exists():
+        return None
+    table = SensitivityTable.load(cache)
+    return table if table.matches(method, list(modules), bits) else None
+
+
+def measure_sensitivity(
+    model: nn.Module,
+    modules: Mapping[str, Sequence[WeightInfo]],
+    candidate_bits: Sequence[int],
+    evaluate: Callable[[], float],
+    *,
+    higher_is_better: bool = True,
+    method: str = "metric",
+    cache: str | Path | None = None,
+) -> SensitivityTable:
+    """Quantize each module alone at each bit-width and record the drop of ``evaluate()``."""
+    if (table := _cached(cache, method, modules, candidate_bits)) is not None:
+        return table
+    sign = 1.0 if higher_is_better else -1.0
+    baseline = float(evaluate())
+    costs: dict[str, dict[int, float]] = {}
+    for name, weights in modules.items():
+        costs[name] = {}
+        for bits in candidate_bits:
+            with weights_quantized(model, weights, bits):
+                costs[name][bits] = sign * (baseline - float(evaluate()))
+    table = SensitivityTable(method, baseline, costs)
+    if cache is not None:
+        table.save(cache)
+    return table
+
+
+def hessian_traces(
+    model: nn.Module,
+    modules: Mapping[str, Sequence[WeightInfo]],
+    loss_fn: Callable[[], torch.Tensor],
+    samples: int = 32,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Hutchinson estimates of ``Tr(H_m)`` per module: the mean of ``v^T H v`` over Rademacher ``v``.
+
+    One Hessian-vector product per sample serves every module: block cross terms vanish in expectation.
+    """
+    params = {name: [get_weight(model, w.name) for w in ws] for name, ws in modules.items()}
+    flat = [p for ps in params.values() for p in ps]
+    g = torch.Generator().manual_seed(seed)
+    traces = dict.fromkeys(modules, 0.0)
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, flat, create_graph=True)
+    for _ in range(samples):
+        vs = [(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p) for p in flat]
+        hvs = torch.autograd.grad(grads, flat, grad_outputs=vs, retain_graph=True)
+        i = 0
+        for name, ps in params.items():
+            for _ in ps:
+                traces[name] += float((hvs[i] * vs[i]).sum()) / samples
+                i += 1
+    return traces
+
+
+def hessian_sensitivity(
+    model: nn.Module,
+    modules: Mapping[str, Sequence[WeightInfo]],
+    candidate_bits: Sequence[int],
+    loss_fn: Callable[[], torch.Tensor],
+    *,
+    samples: int = 32,
+    cache: str | Path | None = None,
+) -> SensitivityTable:
+    """HAWQ-V3's sensitivity: mean Hessian trace of a module times its squared quantization perturbation."""
+    if (table := _cached(cache, "hessian", modules, candidate_bits)) is not None:
+        return table
+    traces = hessian_traces(model, modules, loss_fn, samples)
+    costs: dict[str, dict[int, float]] = {}
+    for name, weights in modules.items():
+        n = sum(w.numel for w in weights)
+        costs[name] = {}
+        for bits in candidate_bits:
+            perturbation = 0.0
+            for w in weights:
+                param = get_weight(model, w.name).detach()
+                perturbation += float((quantized_weight(param, bits) - param).pow(2).sum())
+            costs[name][bits] = traces[name] / n * perturbation
+    table = SensitivityTable("hessian", float(loss_fn().detach()), costs)
+    if cache is not None:
+        table.save(cache)
+    return table

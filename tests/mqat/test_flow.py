@@ -1,0 +1,177 @@
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from nncf.torch.quantization.layers import BaseQuantizer
+
+import nncf_ext
+from nncf_ext.errors import ConfigError
+from nncf_ext.hooks import hooks_of_type
+from nncf_ext.mqat.algo import MQAT, module_bits
+from nncf_ext.mqat.sensitivity import SensitivityTable
+from tests.mqat.models import ModularNet
+
+X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+MODULES = {
+    "backbone": {"patterns": ["backbone\\."]},
+    "fpn": {"names": ["fpn"]},
+    "head": {"types": ["linear"]},
+}
+
+
+def mqat(**options: object) -> dict:
+    return {"compression": [{"algorithm": "mqat", "modules": MODULES, **options}]}
+
+
+def weight_quantizers(model: torch.nn.Module) -> dict[str, BaseQuantizer]:
+    return hooks_of_type(model, BaseQuantizer)  # type: ignore[return-value]
+
+
+def test_modules_are_quantized_in_order_with_their_bits() -> None:
+    torch.manual_seed(0)
+    model = ModularNet()
+    config = mqat(bits={"backbone": 8, "fpn": 2, "head": 4}, order=["fpn", "head", "backbone"],
+                  activations={"bits": 8}, start_epoch=1, epochs_per_stage=2)  # fmt: skip
+    pipeline = nncf_ext.create_compression(model, config, X)
+    quantizers = weight_quantizers(model)
+    assert {n: q.num_bits for n, q in quantizers.items()} == {
+        "backbone.0.weight": 8, "backbone.2.weight": 8, "fpn.0.weight": 2, "head.weight": 4,
+    }  # fmt: skip
+    expected_on = {0: set(), 1: {"fpn"}, 2: {"fpn"}, 3: {"fpn", "head"}, 5: {"fpn", "head", "backbone"}}
+    (algorithm,) = pipeline.algorithms
+    assert isinstance(algorithm, MQAT)
+    for epoch, on in expected_on.items():
+        pipeline.epoch_step(epoch)
+        enabled = {n.split(".")[0] for n, q in quantizers.items() if q.is_enabled_quantization()}
+        assert enabled == on, epoch
+        assert set(algorithm.quantized_modules()) == on
+    stats = pipeline.statistics()
+    assert {layer.name: layer.bits for layer in stats.layers}["fpn.0.weight"] == 2
+
+
+def test_frozen_modules_stop_training() -> None:
+    model = ModularNet()
+    config = mqat(
+        bits={"backbone": 8, "fpn": 4, "head": 4}, order=["head", "fpn", "backbone"], freeze_quantized=True
+    )
+    pipeline = nncf_ext.create_compression(model, config, X)
+    pipeline.epoch_step(1)
+    assert not model.head.weight.requires_grad and model.fpn[0].weight.requires_grad
+    pipeline.epoch_step(2)
+    assert not model.fpn[0].weight.requires_grad and model.backbone[0].weight.requires_grad
+
+
+def test_allocation_from_a_sensitivity_table(tmp_path: Path) -> None:
+    table = SensitivityTable("metric", 1.0, {
+        "backbone": {2: 5.0, 4: 1.0, 8: 0.0}, "fpn": {2: 0.01, 4: 0.0, 8: 0.0}, "head": {2: 3.0, 4: 0.5, 8: 0.0},
+    })  # fmt: skip
+    table.save(tmp_path / "s.json")
+    model = ModularNet()
+    allocation = {
+        "sensitivity": str(tmp_path / "s.json"),
+        "target_compression": 6,
+        "candidate_bits": [2, 4, 8],
+    }
+    pipeline = nncf_ext.create_compression(model, mqat(allocation=allocation), X)
+    (algorithm,) = pipeline.algorithms
+    bits = module_bits(algorithm)  # type: ignore[arg-type]
+    sizes = {"backbone": 3 * 8 * 9 + 8 * 8 * 9, "fpn": 64, "head": 32}
+    params = sum(p.numel() for p in ModularNet().parameters())
+    budget = params * 32 / 6 - 32 * (params - sum(sizes.values()))
+    feasible = [
+        dict(zip(sizes, c, strict=True))
+        for c in itertools.product([2, 4, 8], repeat=3)
+        if sum(n * b for n, b in zip(sizes.values(), c, strict=True)) <= budget
+    ]
+    best = min(sum(table.costs[m][b] for m, b in f.items()) for f in feasible)
+    assert sum(table.costs[m][b] for m, b in bits.items()) == best
+    assert sum(sizes[m] * b for m, b in bits.items()) <= budget
+    assert bits == {"fpn": 4, "backbone": 4, "head": 8}
+    assert next(iter(bits)) == "fpn"  # least sensitive at its bits: quantized first
+    with pytest.raises(ConfigError, match="smallest reachable") as info:
+        nncf_ext.create_compression(
+            ModularNet(), mqat(allocation={**allocation, "target_compression": 40}), X
+        )
+    assert info.value.path == "compression[0].allocation.target_compression"
+
+
+def test_exported_ir_carries_the_chosen_precisions(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ModularNet()
+    config = mqat(
+        bits={"backbone": 8, "fpn": 3, "head": 4}, order="simultaneous", activations={"bits": "module"}
+    )
+    nncf_ext.create_compression(model, config, X)
+    result = nncf_ext.export_openvino(model, X, tmp_path / "m.xml")
+    assert result.weights == {
+        "backbone.0.weight": "i8",
+        "backbone.2.weight": "i8",
+        "fpn.0.weight": "i4",
+        "head.weight": "i4",
+    }
+    ov_model = ov.Core().read_model(result.xml_path)
+    levels = sorted(
+        int(op.get_attributes()["levels"])
+        for op in ov_model.get_ops()
+        if op.get_type_name() == "FakeQuantize"
+    )
+    assert levels == [8, 16, 256, 256]  # activations at the module's bits: fpn 3, head 4, backbone 8
+    codes = {op.get_friendly_name().split("/")[0]: op.get_data() for op in ov_model.get_ops()
+             if op.get_type_name() == "Constant" and op.get_friendly_name().endswith("/codes")}  # fmt: skip
+    packed = codes["fpn.0.weight"].view("uint8")  # two signed nibbles per byte
+    nibbles = np.stack([packed & 0xF, packed >> 4]).astype(int)
+    levels_used = np.where(nibbles >= 8, nibbles - 16, nibbles)
+    assert levels_used.min() >= -4 and levels_used.max() <= 3  # 3-bit levels stored in an i4
+
+
+@pytest.mark.parametrize(
+    ("modules", "path", "message"),
+    [
+        (
+            {**MODULES, "fpn": {"patterns": ["^neck"]}},
+            "compression[0].modules.fpn.patterns[0]",
+            "matches no weight",
+        ),
+        (
+            {**MODULES, "head": {"patterns": ["fpn|head"]}},
+            "compression[0].modules.head",
+            "overlaps module 'fpn'",
+        ),
+        ({**MODULES, "extra": {}}, "compression[0].modules.extra", "needs names"),
+    ],
+)
+def test_bad_module_specs(modules: dict, path: str, message: str) -> None:
+    config = {"compression": [{"algorithm": "mqat", "modules": modules, "bits": {m: 8 for m in modules}}]}
+    with pytest.raises(ConfigError, match=message) as info:
+        nncf_ext.create_compression(ModularNet(), config, X)
+    assert info.value.path == path
+
+
+def test_empty_module_and_bits_errors() -> None:
+    keep = {"names": ["fpn.0.weight"]}
+    with pytest.raises(ConfigError, match="is empty") as info:
+        nncf_ext.create_compression(
+            ModularNet(), mqat(bits={"backbone": 8, "fpn": 4, "head": 4}, keep_apart=keep), X
+        )
+    assert info.value.path == "compression[0].modules.fpn"
+    with pytest.raises(ConfigError, match="unknown module") as info:
+        nncf_ext.create_compression(
+            ModularNet(), mqat(bits={"backbone": 8, "fpn": 4, "head": 4, "neck": 2}), X
+        )
+    with pytest.raises(ConfigError, match="either"):
+        nncf_ext.load_config(
+            mqat(bits={"fpn": 4}, allocation={"sensitivity": "x.json", "target_compression": 4})
+        )
+    with pytest.raises(ConfigError, match="needs an"):
+        nncf_ext.load_config(mqat(bits={"fpn": 4}, order="sensitivity"))
+
+
+def test_config_round_trip() -> None:
+    config = nncf_ext.load_config(
+        mqat(bits={"backbone": 8, "fpn": 2, "head": 4}, activations={"bits": "module"})
+    )
+    assert nncf_ext.load_config(json.loads(json.dumps(config.to_dict()))) == config

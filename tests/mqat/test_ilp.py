@@ -1,0 +1,65 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from nncf_ext.errors import ConfigError
+from nncf_ext.mqat import ExtraBudget, allocate_bits
+
+BITS = [2, 3, 4, 6, 8]
+
+
+def brute_force(sens, sizes, budget, ties=(), extra=()):  # type: ignore[no-untyped-def]
+    modules = list(sens)
+    best, best_cost = None, float("inf")
+    for combo in itertools.product(BITS, repeat=len(modules)):
+        choice = dict(zip(modules, combo, strict=True))
+        if sum(sizes[m] * b for m, b in choice.items()) > budget:
+            continue
+        if any(len({choice[m] for m in group}) > 1 for group in ties):
+            continue
+        if any(sum(e.cost[m][choice[m]] for m in modules) > e.limit for e in extra):
+            continue
+        cost = sum(sens[m][choice[m]] for m in modules)
+        if cost < best_cost:
+            best, best_cost = choice, cost
+    return best, best_cost
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_ilp_equals_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    modules = [f"m{i}" for i in range(int(rng.integers(2, 5)))]
+    sens = {m: {b: float(rng.random() * (9 - b) ** 2) for b in BITS} for m in modules}
+    sizes = {m: int(rng.integers(10, 1000)) for m in modules}
+    budget = sum(sizes.values()) * float(rng.uniform(2.5, 7))
+    ties = [modules[:2]] if seed % 3 == 0 else []
+    bops = ExtraBudget(
+        "bops", {m: {b: sizes[m] * b * b for b in BITS} for m in modules}, sum(sizes.values()) * 30
+    )
+    extra = [bops] if seed % 4 == 0 else []
+    expected, expected_cost = brute_force(sens, sizes, budget, ties, extra)
+    if expected is None:
+        with pytest.raises(ConfigError):
+            allocate_bits(sens, sizes, budget, ties=ties, extra=extra)
+        return
+    got = allocate_bits(sens, sizes, budget, ties=ties, extra=extra)
+    assert sum(sens[m][got[m]] for m in modules) == pytest.approx(expected_cost)
+    assert sum(sizes[m] * got[m] for m in modules) <= budget
+    for group in ties:
+        assert len({got[m] for m in group}) == 1
+    for e in extra:
+        assert sum(e.cost[m][got[m]] for m in modules) <= e.limit
+
+
+def test_infeasible_budget_states_the_smallest_size() -> None:
+    sens = {"a": {2: 1.0, 8: 0.0}, "b": {2: 1.0, 8: 0.0}}
+    sizes = {"a": 8 * 2**20, "b": 8 * 2**20}  # 2 modules x 8 Mi weights: at 2 bits, 4 MB
+    with pytest.raises(ConfigError, match=r"smallest reachable is 4\.000 MB"):
+        allocate_bits(sens, sizes, budget_bits=3 * 8 * 2**20)
+
+
+def test_lower_sensitivity_gets_fewer_bits() -> None:
+    sens = {"robust": {2: 0.1, 4: 0.05, 8: 0.0}, "fragile": {2: 10.0, 4: 1.0, 8: 0.0}}
+    sizes = {"robust": 1000, "fragile": 1000}
+    assert allocate_bits(sens, sizes, budget_bits=1000 * 10) == {"robust": 2, "fragile": 8}

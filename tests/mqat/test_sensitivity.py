@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import torch
+
+from nncf_ext.model import model_weights
+from nncf_ext.mqat import (
+    ModuleSpec,
+    hessian_sensitivity,
+    hessian_traces,
+    measure_sensitivity,
+    resolve_modules,
+)
+from nncf_ext.scopes import Scope
+from tests.mqat.models import fragile_fpn_net
+
+BITS = [2, 4, 8]
+
+
+def setup() -> tuple[torch.nn.Module, dict, torch.Tensor]:
+    model = fragile_fpn_net()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    modules = resolve_modules(ModuleSpec(), model_weights(model, x[:1]), Scope(), "compression[0]")
+    return model, modules, x
+
+
+def test_default_modules_are_top_level_submodules() -> None:
+    _, modules, _ = setup()
+    assert {m: [w.name for w in ws] for m, ws in modules.items()} == {
+        "backbone": ["backbone.0.weight", "backbone.2.weight"],
+        "fpn": ["fpn.0.weight"],
+        "head": ["head.weight"],
+    }
+
+
+def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Path) -> None:
+    model, modules, x = setup()
+    reference = model(x).detach()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def neg_error() -> float:
+        with torch.no_grad():
+            return -float((model(x) - reference).pow(2).mean())
+
+    table = measure_sensitivity(model, modules, BITS, neg_error, cache=tmp_path / "s.json")
+    assert table.order()[-1] == "fpn"
+    assert table.costs["fpn"][2] > table.costs["fpn"][4] > table.costs["fpn"][8] >= 0  # fewer bits hurt more
+    assert table.costs["fpn"][2] > 100 * max(table.costs["backbone"][2], table.costs["head"][2])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # weights restored
+
+    def loss() -> torch.Tensor:
+        return (model(x) - reference - 0.1).pow(2).mean()
+
+    hawq = hessian_sensitivity(model, modules, BITS, loss, samples=16)
+    assert hawq.order()[-1] == "fpn"
+    assert hawq.costs["fpn"][2] > 100 * max(hawq.costs["backbone"][2], hawq.costs["head"][2])
+    # the cache is used when method, modules and bits match
+    cached = measure_sensitivity(model, modules, BITS, lambda: 1 / 0, cache=tmp_path / "s.json")
+    assert cached.costs == table.costs
+
+
+def test_hutchinson_trace_matches_the_exact_trace() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 3, bias=False)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = linear
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = Wrapper()
+    x = torch.randn(10, 6)
+    modules = resolve_modules(ModuleSpec(), model_weights(model, x), Scope(), "c")
+    # loss = sum (W x)^2: the Hessian of each output row is 2 X^T X, so Tr(H) = 3 * 2 * ||X||_F^2
+    exact = 3 * 2 * float(x.pow(2).sum())
+    estimate = hessian_traces(model, modules, lambda: model(x).pow(2).sum(), samples=400)["fc"]
+    assert abs(estimate - exact) / exact < 0.05
