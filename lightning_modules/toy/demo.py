@@ -50,6 +50,7 @@ def run(
 ) -> dict[str, Any]:
     """Train, compress with ``config`` (default: the example L1 + threshold recipe), fine-tune, report."""
     config = Path(config) if config is not None else EXAMPLES / "threshold_pruning_l1.json"
+    parsed = nncf_ext.load_config(config)  # a bad config fails before any training
     torch.manual_seed(seed)
     x, y = gratings(2048, seed=seed)
     x_test, y_test = gratings(1024, seed=seed + 1)
@@ -60,7 +61,7 @@ def run(
     base_acc = accuracy(model, x_test, y_test)
     print(f"base model: test accuracy {base_acc:.3f}")
 
-    pipeline = nncf_ext.create_compression(model, config, x[:1])
+    pipeline = nncf_ext.create_compression(model, parsed, x[:1])
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     history = []
     for epoch in range(epochs):
