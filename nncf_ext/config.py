@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nncf_ext.algorithms.base import ALGORITHMS, AlgorithmConfig, algorithm_class
+from nncf_ext.algorithms import ALGORITHMS, AlgorithmConfig, algorithm_class
 from nncf_ext.config_reader import ConfigReader, type_name
 from nncf_ext.errors import ConfigError
 

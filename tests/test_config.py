@@ -38,8 +38,11 @@ def test_round_trip_through_json(tmp_path: Path) -> None:
 
 
 def test_examples_parse() -> None:
-    for path in sorted(Path("examples/configs").glob("*.json")):
-        nncf_ext.load_config(path)
+    paths = sorted(Path("examples/configs").glob("*.json"))
+    assert len(paths) >= 6
+    for path in paths:
+        config = nncf_ext.load_config(path)
+        assert nncf_ext.load_config(config.to_dict()) == config
 
 
 def with_entry(**changes: object) -> dict:
