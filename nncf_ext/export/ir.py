@@ -34,7 +34,10 @@ def _codebook_subgraph(name: str, storage: WeightStorage, fp16: bool) -> tuple[o
     return opset.gather(codebook, index, 0, name=f"{name}/codebook_gather"), index_type
 
 
-def _int_subgraph(name: str, storage: WeightStorage) -> tuple[ov.Node, ov.Type]:
+def _int_subgraph(name: str, storage: WeightStorage, widen: bool = False) -> tuple[ov.Node, ov.Type]:
+    """Integer codes, converted and scaled. ``widen`` stores 4-bit codes but converts them to 8 bits first:
+    OpenVINO folds that into int8 weights at compile time, so convolutions (which have no int4 kernels)
+    still run in int8 while the ``.bin`` keeps 4 bits; matrix multiplications keep int4 for its kernels."""
     assert storage.codes is not None and storage.scale is not None
     small = storage.bits <= 4
     values = storage.codes.numpy()
@@ -44,7 +47,9 @@ def _int_subgraph(name: str, storage: WeightStorage) -> tuple[ov.Node, ov.Type]:
     else:
         dtype = ov.Type.u4 if small else ov.Type.u8
         values = values.astype(np.uint8)
-    codes = opset.constant(values, dtype=dtype, name=f"{name}/codes")
+    codes: ov.Node = opset.constant(values, dtype=dtype, name=f"{name}/codes")
+    if widen and small:
+        codes = opset.convert(codes, ov.Type.i8 if storage.signed else ov.Type.u8)
     weights: ov.Node = opset.convert(codes, ov.Type.f32)
     if not storage.signed and storage.zero_point is not None:
         zero = storage.zero_point.detach().float().numpy()
@@ -69,6 +74,16 @@ def _weight_constants(model: ov.Model) -> list[ov.Node]:
         if source.get_type_name() == "Constant":
             found[id(source)] = source
     return list(found.values())
+
+
+def _feeds_convolution(node: ov.Node) -> bool:
+    """Whether a weight constant ends up in a convolution (directly or through BatchNorm folding)."""
+    frontier = [t.get_node() for t in node.output(0).get_target_inputs()]
+    for _ in range(3):
+        if any(n.get_type_name() in ("Convolution", "GroupConvolution", "ConvolutionBackpropData") for n in frontier):
+            return True
+        frontier = [t.get_node() for n in frontier if n.get_output_size() for t in n.output(0).get_target_inputs()]
+    return False
 
 
 def _folded_scale(folded: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
@@ -124,7 +139,7 @@ def compress_weights(
         if storage.kind == "codebook":
             node, element_type = _codebook_subgraph(name, storage, fp16_codebooks)
         else:
-            node, element_type = _int_subgraph(name, storage)
+            node, element_type = _int_subgraph(name, storage, widen=_feeds_convolution(source))
         if scale is not None:
             node = opset.multiply(
                 node, opset.constant(scale, name=f"{name}/folded_scale"), name=f"{name}/folded"
