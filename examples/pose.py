@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
-from lightning_modules.data.pose_synth import SynthConfig, pose_synth
-from lightning_modules.pose.run import TrainConfig, metrics_table, train_base
+# OpenMP threads that sleep instead of spinning while they wait: on a shared machine (other processes on
+# the same cores) spinning makes a 2-thread training step up to 10x slower. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
+    from lightning_modules.data.pose_synth import SynthConfig, pose_synth
+    from lightning_modules.pose.run import TrainConfig, metrics_table, train_base
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

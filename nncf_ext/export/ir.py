@@ -80,9 +80,14 @@ def _feeds_convolution(node: ov.Node) -> bool:
     """Whether a weight constant ends up in a convolution (directly or through BatchNorm folding)."""
     frontier = [t.get_node() for t in node.output(0).get_target_inputs()]
     for _ in range(3):
-        if any(n.get_type_name() in ("Convolution", "GroupConvolution", "ConvolutionBackpropData") for n in frontier):
+        if any(
+            n.get_type_name() in ("Convolution", "GroupConvolution", "ConvolutionBackpropData")
+            for n in frontier
+        ):
             return True
-        frontier = [t.get_node() for n in frontier if n.get_output_size() for t in n.output(0).get_target_inputs()]
+        frontier = [
+            t.get_node() for n in frontier if n.get_output_size() for t in n.output(0).get_target_inputs()
+        ]
     return False
 
 

@@ -1,0 +1,349 @@
+"""BOP-format 6D pose data (LINEMOD, Occluded-LINEMOD, the embedded set): models, scenes, torch datasets.
+
+Layout read (https://github.com/thodan/bop_toolkit/blob/master/docs/bop_datasets_format.md)::
+
+    <root>/models/models_info.json, obj_<id:06d>.ply
+    <root>/<split>/<scene:06d>/scene_gt.json, scene_camera.json, [scene_gt_info.json],
+                               rgb/<im:06d>.png|jpg, mask_visib/<im:06d>_<gt:06d>.png
+
+Units are the data set's (mm for BOP). Images are returned as float CHW tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import trimesh
+from torch.utils.data import Dataset
+
+from lightning_modules.data.pose_augment import PoseAugment
+from lightning_modules.pose.keypoints import Symmetries, bbox_keypoints, keypoints_2d
+from nncf_ext.errors import DataError
+
+
+@dataclass(frozen=True)
+class ObjectModel:
+    """One object: its vertices (P, 3), diameter, symmetries and 9 keypoints (bbox corners + centre)."""
+
+    obj_id: int
+    points: np.ndarray
+    diameter: float
+    symmetries: Symmetries
+    keypoints: np.ndarray
+
+    @property
+    def symmetric(self) -> bool:
+        return self.symmetries.symmetric
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One ground-truth object instance in one image."""
+
+    scene_dir: Path
+    im_id: int
+    gt_idx: int
+    obj_id: int
+    R: np.ndarray
+    t: np.ndarray
+    K: np.ndarray
+    visib_fract: float | None
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON; a missing or malformed file raises DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def _matrix(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64).reshape(shape)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: expected {int(np.prod(shape))} numbers, got {value!r}") from exc
+
+
+def load_models(models_dir: str | Path, obj_ids: Sequence[int] | None = None) -> dict[int, ObjectModel]:
+    """Read ``models_info.json`` and the PLY models (through trimesh) of ``obj_ids`` (default: all)."""
+    models_dir = Path(models_dir)
+    info_path = models_dir / "models_info.json"
+    info = read_json(info_path)
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: expected an object keyed by obj_id")
+    wanted = sorted(int(k) for k in info) if obj_ids is None else list(obj_ids)
+    models = {}
+    for obj_id in wanted:
+        entry = info.get(str(obj_id))
+        if not isinstance(entry, dict) or "diameter" not in entry:
+            raise DataError(f"{info_path}: no entry with a 'diameter' for obj_id {obj_id}")
+        ply = models_dir / f"obj_{obj_id:06d}.ply"
+        if not ply.is_file():
+            raise DataError(f"{ply}: model file not found")
+        try:
+            mesh = trimesh.load(str(ply), process=False, force="mesh")
+            points = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))), dtype=np.float64)
+        except Exception as exc:  # trimesh raises assorted errors on broken files
+            raise DataError(f"{ply}: cannot read PLY ({exc})") from exc
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+            raise DataError(f"{ply}: no vertices")
+        try:
+            symmetries = Symmetries.from_models_info(entry)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{info_path}: bad symmetries for obj_id {obj_id} ({exc})") from exc
+        models[obj_id] = ObjectModel(
+            obj_id, points, float(entry["diameter"]), symmetries, bbox_keypoints(points)
+        )
+    return models
+
+
+def load_annotations(
+    split_dir: str | Path, obj_ids: Sequence[int] | None = None, min_visib_fract: float = 0.0
+) -> list[Annotation]:
+    """All instances of ``obj_ids`` in every scene of a split, ordered by (scene, image, gt index)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: split directory not found")
+    scenes = sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not scenes:
+        raise DataError(f"{split_dir}: no scene directories (000000, 000001, ...)")
+    wanted = None if obj_ids is None else set(obj_ids)
+    out = []
+    for scene in scenes:
+        gt_path, cam_path = scene / "scene_gt.json", scene / "scene_camera.json"
+        scene_gt, scene_cam = read_json(gt_path), read_json(cam_path)
+        info_path = scene / "scene_gt_info.json"
+        scene_info = read_json(info_path) if info_path.is_file() else {}
+        for key in sorted(scene_gt, key=int):
+            if key not in scene_cam or "cam_K" not in scene_cam[key]:
+                raise DataError(f"{cam_path}: no cam_K for image {key}")
+            K = _matrix(scene_cam[key]["cam_K"], (3, 3), f"{cam_path}[{key}].cam_K")
+            infos = scene_info.get(key, [])
+            for gt_idx, gt in enumerate(scene_gt[key]):
+                where = f"{gt_path}[{key}][{gt_idx}]"
+                if not all(k in gt for k in ("cam_R_m2c", "cam_t_m2c", "obj_id")):
+                    raise DataError(f"{where}: needs cam_R_m2c, cam_t_m2c and obj_id")
+                obj_id = int(gt["obj_id"])
+                if wanted is not None and obj_id not in wanted:
+                    continue
+                visib = float(infos[gt_idx]["visib_fract"]) if gt_idx < len(infos) else None
+                if visib is not None and visib < min_visib_fract:
+                    continue
+                R = _matrix(gt["cam_R_m2c"], (3, 3), f"{where}.cam_R_m2c")
+                t = _matrix(gt["cam_t_m2c"], (3,), f"{where}.cam_t_m2c")
+                out.append(Annotation(scene, int(key), gt_idx, obj_id, R, t, K, visib))
+    return out
+
+
+def read_rgb(scene_dir: Path, im_id: int) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB image ``rgb/<im_id>.png`` (or .jpg) of a scene."""
+    for ext in (".png", ".jpg"):
+        path = scene_dir / "rgb" / f"{im_id:06d}{ext}"
+        if path.is_file():
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise DataError(f"{path}: cannot decode image")
+            return np.ascontiguousarray(image[..., ::-1])
+    raise DataError(f"{scene_dir / 'rgb' / f'{im_id:06d}.png'}: image not found")
+
+
+def read_mask(scene_dir: Path, im_id: int, gt_idx: int, kind: str = "mask_visib") -> np.ndarray:
+    """The (H, W) bool mask ``<kind>/<im_id>_<gt_idx>.png`` of a scene."""
+    path = scene_dir / kind / f"{im_id:06d}_{gt_idx:06d}.png"
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    if mask is None:
+        raise DataError(f"{path}: mask not found or unreadable")
+    return mask > 127
+
+
+def resize_camera(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """Intrinsics after resizing an image from ``src_hw`` to ``dst_hw`` (pixel centres at integers)."""
+    sy, sx = dst_hw[0] / src_hw[0], dst_hw[1] / src_hw[1]
+    K = K.copy()
+    K[0, 0], K[0, 1], K[0, 2] = K[0, 0] * sx, K[0, 1] * sx, (K[0, 2] + 0.5) * sx - 0.5
+    K[1, 1], K[1, 2] = K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5
+    return K
+
+
+class _BopDataset(Dataset):
+    """Shared parts: models, annotations, class indices (position in ``obj_ids``), optional resizing."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        obj_ids: Sequence[int] | None = None,
+        image_size: tuple[int, int] | None = None,
+        min_visib_fract: float = 0.0,
+    ) -> None:
+        self.root = Path(root)
+        self.models = load_models(self.root / "models", obj_ids)
+        self.obj_ids = sorted(self.models) if obj_ids is None else list(obj_ids)
+        self.label_of = {obj_id: i for i, obj_id in enumerate(self.obj_ids)}
+        self.annotations = load_annotations(self.root / split, self.obj_ids, min_visib_fract)
+        if not self.annotations:
+            raise DataError(f"{self.root / split}: no annotations of objects {self.obj_ids}")
+        self.image_size = image_size
+
+    def keypoints_3d(self) -> np.ndarray:
+        """(C, 9, 3) model keypoints in class order, for decoding predictions."""
+        return np.stack([self.models[i].keypoints for i in self.obj_ids])
+
+    def _image(self, scene_dir: Path, im_id: int) -> tuple[np.ndarray, tuple[int, int]]:
+        rgb = read_rgb(scene_dir, im_id)
+        src = (rgb.shape[0], rgb.shape[1])
+        if self.image_size is not None and src != tuple(self.image_size):
+            rgb = cv2.resize(rgb, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
+        return rgb, src
+
+    def _camera(self, K: np.ndarray, src: tuple[int, int]) -> np.ndarray:
+        if self.image_size is None or src == tuple(self.image_size):
+            return K
+        return resize_camera(K, src, (self.image_size[0], self.image_size[1]))
+
+    def _mask(self, scene_dir: Path, im_id: int, gt_idx: int, hw: tuple[int, int]) -> np.ndarray:
+        mask = read_mask(scene_dir, im_id, gt_idx)
+        if mask.shape != hw:
+            mask = cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0
+        return mask
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+
+
+class BopTrainDataset(_BopDataset):
+    """One item per image: image, 2D keypoints (M, 9, 2), class labels (M,) and visible masks (M, H, W).
+
+    Up to ``max_instances`` instances per image (padded with label -1); symmetric objects get the
+    keypoints of their canonical pose (``keypoints.canonical_pose``). ``cache=True`` keeps the decoded
+    images and masks in memory after their first read (about 70 kB per 128 x 128 image); ``augment``
+    warps and recolours each item anew (``pose_augment.PoseAugment``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        obj_ids: Sequence[int] | None = None,
+        image_size: tuple[int, int] | None = None,
+        min_visib_fract: float = 0.1,
+        max_instances: int = 4,
+        cache: bool = False,
+        augment: PoseAugment | None = None,
+    ) -> None:
+        super().__init__(root, split, obj_ids, image_size, min_visib_fract)
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.max_instances = max_instances
+        images: dict[tuple[Path, int], list[Annotation]] = {}
+        for ann in self.annotations:
+            images.setdefault((ann.scene_dir, ann.im_id), []).append(ann)
+        self.images = list(images.items())
+        self._cache: dict[int, tuple[np.ndarray, ...]] | None = {} if cache else None
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _load(self, index: int) -> tuple[np.ndarray, ...]:
+        """Image (H, W, 3) uint8, then keypoints (n, 9, 2), labels (n,), masks (n, H, W) of n instances."""
+        (scene_dir, im_id), anns = self.images[index]
+        anns = anns[: self.max_instances]
+        rgb, src = self._image(scene_dir, im_id)
+        hw = (rgb.shape[0], rgb.shape[1])
+        keypoints = np.stack(
+            [
+                keypoints_2d(
+                    self.models[a.obj_id].keypoints,
+                    self._camera(a.K, src),
+                    a.R,
+                    a.t,
+                    self.models[a.obj_id].symmetries,
+                )
+                for a in anns
+            ]
+        ).astype(np.float32)
+        labels = np.array([self.label_of[a.obj_id] for a in anns], dtype=np.int64)
+        masks = np.stack([self._mask(scene_dir, im_id, a.gt_idx, hw) for a in anns])
+        return rgb, keypoints, labels, masks
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._cache is None:
+            rgb, kp, lab, msk = self._load(index)
+        else:
+            if index not in self._cache:
+                self._cache[index] = self._load(index)
+            rgb, kp, lab, msk = self._cache[index]
+        if self.augment is not None:  # random stream from torch's generator, so seed_everything fixes it
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            rgb, kp, msk = self.augment(rgb, kp, msk, rng)
+        m, n = self.max_instances, len(lab)
+        keypoints = np.zeros((m, 9, 2), dtype=np.float32)
+        labels = np.full((m,), -1, dtype=np.int64)
+        masks = np.zeros((m, *rgb.shape[:2]), dtype=bool)
+        keypoints[:n], labels[:n], masks[:n] = kp, lab, msk
+        return {
+            "image": to_tensor(rgb),
+            "keypoints": torch.from_numpy(keypoints),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(masks),
+        }
+
+
+class BopEvalDataset(_BopDataset):
+    """One item per ground-truth instance: image, K, R, t, obj id, label, model points and what ADD needs.
+
+    Use ``collate_fn=BopEvalDataset.collate`` (model points differ in size between objects).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        obj_ids: Sequence[int] | None = None,
+        image_size: tuple[int, int] | None = None,
+        min_visib_fract: float = 0.0,
+    ) -> None:
+        super().__init__(root, split, obj_ids, image_size, min_visib_fract)
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ann = self.annotations[index]
+        rgb, src = self._image(ann.scene_dir, ann.im_id)
+        model = self.models[ann.obj_id]
+        return {
+            "image": to_tensor(rgb),
+            "K": torch.from_numpy(self._camera(ann.K, src)),
+            "R": torch.from_numpy(ann.R),
+            "t": torch.from_numpy(ann.t),
+            "obj_id": ann.obj_id,
+            "label": self.label_of[ann.obj_id],
+            "points": torch.from_numpy(model.points),
+            "diameter": model.diameter,
+            "symmetric": model.symmetric,
+        }
+
+    @staticmethod
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack every field but ``points``, which stays a list of (P_i, 3) tensors."""
+        out: dict[str, Any] = {"points": [s["points"] for s in samples]}
+        for key in samples[0]:
+            if key == "points":
+                continue
+            values = [s[key] for s in samples]
+            out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+        return out

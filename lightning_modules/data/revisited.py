@@ -1,0 +1,270 @@
+"""Revisited Oxford / Paris format (Radenovic et al., CVPR 2018): loader, image datasets and training tuples.
+
+A dataset directory holds ``jpg/<name>.jpg`` and ``gnd_<dataset>.pkl`` with ``imlist`` (database names),
+``qimlist`` (query names) and ``gnd`` (per query: ``bbx`` [x1, y1, x2, y2], ``easy``, ``hard``, ``junk``
+database indices). Queries are cropped to ``bbx``. Real ROxford5k / RParis6k directories load as they are.
+Images are resized to ``image_size`` x ``image_size`` and normalised with ImageNet statistics.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nncf_ext.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GND_KEYS = ("easy", "hard", "junk")
+
+
+@dataclass(frozen=True)
+class RevisitedData:
+    """One dataset in the revisited format: names, ground truth and where the images are."""
+
+    root: Path
+    name: str
+    imlist: list[str]
+    qimlist: list[str]
+    gnd: list[dict[str, Any]]
+
+    @property
+    def num_database(self) -> int:
+        return len(self.imlist)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.qimlist)
+
+    def image_path(self, name: str) -> Path:
+        return self.root / "jpg" / f"{name}.jpg"
+
+
+def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
+    """Read ``root/gnd_<name>.pkl`` (``name`` defaults to the only ``gnd_*.pkl`` there) and check it."""
+    root = Path(root)
+    if name is None:
+        found = sorted(root.glob("gnd_*.pkl"))
+        if len(found) != 1:
+            raise DataError(
+                f"{root}: expected exactly one gnd_<dataset>.pkl, found {[p.name for p in found]}"
+            )
+        name = found[0].stem[len("gnd_") :]
+    path = root / f"gnd_{name}.pkl"
+    if not path.is_file():
+        raise DataError(f"{path}: ground-truth file not found")
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f)
+    except Exception as e:  # a truncated or foreign file
+        raise DataError(f"{path}: cannot unpickle ({e})") from e
+    if not isinstance(raw, dict) or any(k not in raw for k in ("imlist", "qimlist", "gnd")):
+        raise DataError(f"{path}: expected a dict with 'imlist', 'qimlist' and 'gnd'")
+    imlist, qimlist = [str(s) for s in raw["imlist"]], [str(s) for s in raw["qimlist"]]
+    if len(raw["gnd"]) != len(qimlist):
+        raise DataError(f"{path}: {len(raw['gnd'])} gnd entries for {len(qimlist)} queries")
+    gnd = []
+    for q, entry in enumerate(raw["gnd"]):
+        missing = [k for k in ("bbx", *GND_KEYS) if k not in entry]
+        if missing:
+            raise DataError(f"{path}: gnd[{q}] lacks {missing}")
+        clean: dict[str, Any] = {"bbx": [float(v) for v in np.asarray(entry["bbx"]).reshape(-1)]}
+        if len(clean["bbx"]) != 4:
+            raise DataError(f"{path}: gnd[{q}]['bbx'] must have 4 numbers [x1, y1, x2, y2]")
+        for key in GND_KEYS:
+            idx = np.asarray(entry[key], dtype=np.int64).reshape(-1)
+            if idx.size and (idx.min() < 0 or idx.max() >= len(imlist)):
+                raise DataError(
+                    f"{path}: gnd[{q}][{key!r}] has an index outside imlist ({len(imlist)} images)"
+                )
+            clean[key] = idx.tolist()
+        gnd.append(clean)
+    data = RevisitedData(root, name, imlist, qimlist, gnd)
+    absent = [n for n in (*imlist, *qimlist) if not data.image_path(n).is_file()]
+    if absent:
+        raise DataError(
+            f"{data.image_path(absent[0])}: image not found ({len(absent)} missing in {root / 'jpg'})"
+        )
+    return data
+
+
+def read_image(path: Path, size: int, bbx: Sequence[float] | None = None) -> np.ndarray:
+    """``(size, size, 3)`` uint8 RGB image, cropped to ``bbx`` first when given."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DataError(f"{path}: cannot read image")
+    if bbx is not None:
+        h, w = bgr.shape[:2]
+        x1, y1 = max(0, round(bbx[0])), max(0, round(bbx[1]))
+        x2, y2 = min(w, round(bbx[2])), min(h, round(bbx[3]))
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(f"{path}: bounding box {list(bbx)} is empty inside the {w}x{h} image")
+        bgr = bgr[y1:y2, x1:x2]
+    return cv2.cvtColor(cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` -> ImageNet-normalised float ``(3, H, W)``."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+class PoolImages(Dataset):
+    """Database images then query crops of one dataset, in that order: ``(image, pool index)``.
+
+    Decoded, resized images are kept in memory when all of them fit in ``cache_bytes`` (the embedded data at
+    64 px: 15 MB), so epochs after the first decode nothing.
+    """
+
+    def __init__(
+        self,
+        data: RevisitedData,
+        image_size: int,
+        include_queries: bool = True,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
+        self.data = data
+        self.image_size = image_size
+        self.include_queries = include_queries
+        fits = len(self) * image_size * image_size * 3 <= cache_bytes
+        self._cache: list[np.ndarray | None] | None = [None] * len(self) if fits else None
+
+    def __len__(self) -> int:
+        return self.data.num_database + (self.data.num_queries if self.include_queries else 0)
+
+    def _read(self, i: int) -> np.ndarray:
+        if i < self.data.num_database:
+            return read_image(self.data.image_path(self.data.imlist[i]), self.image_size)
+        q = i - self.data.num_database
+        return read_image(
+            self.data.image_path(self.data.qimlist[q]), self.image_size, self.data.gnd[q]["bbx"]
+        )
+
+    def load(self, i: int) -> torch.Tensor:
+        """Normalised ``(3, S, S)`` tensor of pool image ``i``."""
+        if self._cache is None:
+            return to_tensor(self._read(i))
+        image = self._cache[i]
+        if image is None:
+            image = self._cache[i] = self._read(i)
+        return to_tensor(image)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.load(i), i
+
+
+class RevisitedEvalSet(Dataset):
+    """Queries (cropped) then database: ``(image, index in qimlist / imlist, is_query)`` batches."""
+
+    def __init__(self, data: RevisitedData, image_size: int) -> None:
+        self.pool = PoolImages(data, image_size)
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        q = self.data.num_queries
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i < q:
+            return self.pool.load(self.data.num_database + i), i, True
+        return self.pool.load(i - q), i - q, False
+
+
+class TrainingTuples(Dataset):
+    """(anchor, positive, negatives) image tuples over a training dataset's pool (database + query crops).
+
+    Groups come from the ground truth: query ``q``'s group is its crop plus its easy and hard images; an
+    anchor is any pool image in a group. Its positives are the other members of its groups; images in those
+    groups or their junk are never negatives. ``tuples`` (``(n, 2 + num_negatives)`` pool indices) start
+    random and are replaced by hard-negative mining (:meth:`set_tuples`). ``augment`` mirrors whole tuples
+    and jitters colours (:func:`augment_tuple`).
+    """
+
+    def __init__(
+        self,
+        data: RevisitedData,
+        image_size: int,
+        num_negatives: int = 5,
+        seed: int = 0,
+        augment: bool = False,
+    ) -> None:
+        if num_negatives < 1:
+            raise DataError(f"{data.name}: num_negatives must be >= 1, got {num_negatives}")
+        self.data = data
+        self.pool = PoolImages(data, image_size)
+        self.num_negatives = num_negatives
+        self.augment = augment
+        n, q = data.num_database, data.num_queries
+        members = torch.zeros(q, n + q, dtype=torch.bool)
+        junk = torch.zeros_like(members)
+        for i, entry in enumerate(data.gnd):
+            members[i, entry["easy"] + entry["hard"] + [n + i]] = True
+            junk[i, entry["junk"]] = True
+        in_group = members.float()
+        positives = (in_group.T @ in_group) > 0
+        positives.fill_diagonal_(False)
+        forbidden = (in_group.T @ (members | junk).float()) > 0
+        anchors = (members.any(0) & positives.any(1)).nonzero().flatten()
+        if anchors.numel() == 0:
+            raise DataError(
+                f"{data.root / f'gnd_{data.name}.pkl'}: no query has two or more images to train on"
+            )
+        allowed = (~forbidden[anchors]).sum(1)
+        if int(allowed.min()) < num_negatives:
+            raise DataError(
+                f"{data.name}: an anchor has only {int(allowed.min())} negatives, fewer than {num_negatives}"
+            )
+        self.anchors = anchors
+        self.positives = positives[anchors]  # (A, pool)
+        self.forbidden = forbidden[anchors]  # (A, pool), the anchor itself included
+        g = torch.Generator().manual_seed(seed)
+        pos = torch.multinomial(self.positives.float(), 1, generator=g)
+        neg = torch.multinomial((~self.forbidden).float(), num_negatives, generator=g)
+        self.tuples = torch.cat([anchors[:, None], pos, neg], 1)
+
+    def set_tuples(self, tuples: torch.Tensor) -> None:
+        """Replace the tuples, ``(n, 2 + num_negatives)`` pool indices (anchor, positive, negatives...)."""
+        if tuples.ndim != 2 or tuples.shape[1] != 2 + self.num_negatives:
+            raise DataError(
+                f"tuples must have shape (n, {2 + self.num_negatives}), got {tuple(tuples.shape)}"
+            )
+        if tuples.numel() and (tuples.min() < 0 or tuples.max() >= len(self.pool)):
+            raise DataError(f"tuple indices must lie in the pool of {len(self.pool)} images")
+        self.tuples = tuples.detach().cpu().long()
+
+    def __len__(self) -> int:
+        return len(self.tuples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(2 + num_negatives, 3, S, S)`` images and their pool indices."""
+        idx = self.tuples[i]
+        images = torch.stack([self.pool.load(int(j)) for j in idx])
+        return (augment_tuple(images) if self.augment else images), idx
+
+
+def augment_tuple(images: torch.Tensor) -> torch.Tensor:
+    """Mirror the whole tuple half the time (mirrored places are new places) and jitter each image's colour.
+
+    ``images``: ImageNet-normalised ``(T, 3, H, W)``; draws from torch's global generator (seeded per worker).
+    """
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    rgb = images * std + mean
+    if torch.rand(()) < 0.5:
+        rgb = rgb.flip(-1)
+    t = rgb.shape[0]
+    gain = (1 + 0.4 * (torch.rand(t, 3, 1, 1) - 0.5)) * (1 + 0.4 * (torch.rand(t, 1, 1, 1) - 0.5))
+    rgb = (rgb * gain).clamp(0, 1)
+    return (rgb - mean) / std

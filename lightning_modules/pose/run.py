@@ -1,0 +1,145 @@
+"""Train a base PoseNet on a BOP data set (default: the embedded one) and evaluate ADD(-S) per depth bin."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import DataLoader
+
+from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset
+from lightning_modules.data.pose_augment import PoseAugment
+from lightning_modules.metrics.pose import DEPTH_BINS, THRESHOLDS, PoseAccuracy
+from lightning_modules.pose.module import PoseModule
+
+
+@dataclass
+class TrainConfig:
+    """What ``train_base`` runs; ``module`` holds extra ``PoseModule`` arguments."""
+
+    epochs: int = 6
+    batch_size: int = 32
+    train_limit: int | None = None  # use only the first N training images
+    test_limit: int | None = None
+    image_size: tuple[int, int] | None = None  # resize (H, W), multiples of 32; None: as stored
+    obj_ids: Sequence[int] | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    seed: int = 0
+    cache: bool = True  # keep decoded training images in memory (~70 kB each at 128 x 128)
+    augment: bool = True  # random similarity warp + colour jitter of training images
+    max_instances: int = 8  # annotated objects used per training image (more are left unlabelled)
+    module: dict[str, Any] = field(default_factory=dict)
+
+
+class EpochLog(pl.Callback):
+    """Prints the training loss and elapsed time after every epoch (the runs have no progress bar)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss", float("nan"))
+        elapsed = time.perf_counter() - self.start
+        epoch = f"{trainer.current_epoch + 1}/{trainer.max_epochs}"
+        print(f"epoch {epoch}: loss {float(loss):.4f} ({elapsed:.0f} s)", flush=True)
+
+
+def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLoader, BopTrainDataset]:
+    """Shuffled training loader (``BopTrainDataset``) and evaluation loader (``BopEvalDataset.collate``)."""
+    augment = PoseAugment() if cfg.augment else None
+    train = BopTrainDataset(
+        root,
+        cfg.train_split,
+        cfg.obj_ids,
+        cfg.image_size,
+        max_instances=cfg.max_instances,
+        cache=cfg.cache,
+        augment=augment,
+    )
+    test = BopEvalDataset(root, cfg.test_split, cfg.obj_ids, cfg.image_size)
+    train_set: Any = (
+        train if cfg.train_limit is None else torch.utils.data.Subset(train, range(cfg.train_limit))
+    )
+    test_set: Any = test if cfg.test_limit is None else torch.utils.data.Subset(test, range(cfg.test_limit))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator
+    )
+    test_loader = DataLoader(test_set, batch_size=cfg.batch_size, collate_fn=BopEvalDataset.collate)
+    return train_loader, test_loader, train
+
+
+def evaluate(module: PoseModule, loader: DataLoader) -> tuple[dict[str, float], float]:
+    """ADD(-S) accuracies of ``module`` in eval mode over ``loader``, and the seconds per image."""
+    module.eval()
+    metric = PoseAccuracy(module.hparams["thresholds"])
+    count, start = 0, time.perf_counter()
+    for batch in loader:
+        est = module.predict_poses(batch["image"], batch["label"], batch["K"])
+        metric.update(
+            est.R,
+            est.t,
+            batch["R"],
+            batch["t"],
+            batch["points"],
+            batch["diameter"],
+            batch["symmetric"],
+            est.detected,
+        )
+        count += len(batch["label"])
+    seconds = (time.perf_counter() - start) / max(count, 1)
+    return {k: float(v) for k, v in metric.compute().items()}, seconds
+
+
+def train_base(root: str | Path, cfg: TrainConfig) -> tuple[PoseModule, dict[str, Any]]:
+    """Train with a plain CPU ``pl.Trainer`` for ``cfg.epochs``; returns the module and a result dict."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    train_loader, test_loader, train = data_loaders(root, cfg)
+    module = PoseModule(train.keypoints_3d().tolist(), **cfg.module)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=cfg.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[EpochLog()],
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader)
+    train_seconds = time.perf_counter() - start
+    metrics, seconds_per_image = evaluate(module, test_loader)
+    result = {
+        "data": str(root),
+        "config": asdict(cfg),
+        "train_images": len(train_loader.dataset),  # type: ignore[arg-type]
+        "test_instances": len(test_loader.dataset),  # type: ignore[arg-type]
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+        "train_seconds": train_seconds,
+        "eval_seconds_per_image": seconds_per_image,
+        "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "metrics": metrics,
+    }
+    return module, result
+
+
+def metrics_table(metrics: dict[str, float], thresholds: Sequence[float] = THRESHOLDS) -> str:
+    """ADD(-S) accuracy (%) per threshold (rows) and depth bin (columns), with bin sizes."""
+    cols = ["all", *DEPTH_BINS]
+    lines = [f"{'ADD(-S)':<10}" + "".join(f"{c:>9}" for c in cols)]
+    for k in thresholds:
+        cells = [metrics[f"add_{k:g}d"], *(metrics[f"add_{k:g}d_{b}"] for b in DEPTH_BINS)]
+        lines.append(f"{f'{k:g}d':<10}" + "".join(f"{100 * v:>8.1f}%" for v in cells))
+    counts = [metrics["count"], *(metrics[f"count_{b}"] for b in DEPTH_BINS)]
+    lines.append(f"{'samples':<10}" + "".join(f"{int(c):>9d}" for c in counts))
+    lines.append(f"missed detections: {100 * metrics['missed']:.1f}%")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""``RetrievalNet``: conv backbone -> NetVLAD -> PCA whitening -> L2, the place-recognition model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_modules.retrieval.backbones import BACKBONES, ConvFeatures
+from lightning_modules.retrieval.netvlad import NetVLAD
+from lightning_modules.retrieval.whitening import PCAWhitening
+from nncf_ext.errors import ModelError
+
+ARCH_DEFAULTS: dict[str, dict[str, int]] = {
+    "small": {"num_clusters": 16, "whitening_dim": 256},
+    "alexnet": {"num_clusters": 64, "whitening_dim": 4096},
+    "vgg16": {"num_clusters": 64, "whitening_dim": 4096},
+}
+
+
+class RetrievalNet(nn.Module):
+    """Images ``(N, 3, H, W)`` (ImageNet-normalised) -> ``(N, whitening.out_features)`` unit-norm descriptors.
+
+    Three submodules, the units that mixed-precision work assigns bit widths to: ``backbone`` (conv features),
+    ``netvlad`` and ``whitening`` (an ``nn.Linear``).
+    """
+
+    def __init__(self, backbone: ConvFeatures, netvlad: NetVLAD, whitening: PCAWhitening) -> None:
+        super().__init__()
+        if netvlad.dim != backbone.out_channels:
+            raise ModelError(f"NetVLAD dim {netvlad.dim} != backbone channels {backbone.out_channels}")
+        if whitening.in_features != netvlad.out_features:
+            raise ModelError(
+                f"whitening takes {whitening.in_features} inputs, NetVLAD gives {netvlad.out_features}"
+            )
+        self.backbone = backbone
+        self.netvlad = netvlad
+        self.whitening = whitening
+
+    @property
+    def out_features(self) -> int:
+        return self.whitening.out_features
+
+    def vlad(self, x: torch.Tensor) -> torch.Tensor:
+        """Descriptors before whitening: ``(N, K * D)``, unit norm."""
+        return self.netvlad(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.whitening(self.vlad(x)), dim=1)
+
+    @torch.no_grad()
+    def init_from_images(
+        self, batches: Iterable[Any], locals_per_image: int = 64, max_locals: int = 50_000, seed: int = 0
+    ) -> None:
+        """Initialise NetVLAD (k-means of local descriptors) then whitening (PCA of VLAD vectors) from data.
+
+        ``batches`` is re-iterable (a DataLoader, a list) of image tensors or of tuples that start with one.
+        Runs in eval mode and restores the previous mode.
+        """
+        was_training = self.training
+        self.eval()
+        g = torch.Generator().manual_seed(seed)
+        try:
+            local = []
+            for images in _images(batches):
+                feats = self.backbone(images).flatten(2).transpose(1, 2)  # (N, HW, D)
+                keep = torch.rand(feats.shape[:2], generator=g).argsort(1)[:, :locals_per_image]
+                local.append(feats.gather(1, keep[..., None].expand(-1, -1, feats.shape[2]).to(feats.device)))
+            if not local:
+                raise ModelError("RetrievalNet.init_from_images: no images were given")
+            self.netvlad.init_from_descriptors(
+                torch.cat(local).flatten(0, 1), max_samples=max_locals, seed=seed
+            )
+            vlad = torch.cat([self.vlad(images) for images in _images(batches)])
+            self.whitening.init_from_descriptors(vlad)
+        finally:
+            self.train(was_training)
+
+
+def _images(batches: Iterable[Any]) -> Iterable[torch.Tensor]:
+    for batch in batches:
+        yield batch if isinstance(batch, torch.Tensor) else batch[0]
+
+
+def build_retrieval_net(
+    arch: str = "small",
+    *,
+    num_clusters: int | None = None,
+    whitening_dim: int | None = None,
+    **backbone_kwargs: Any,
+) -> RetrievalNet:
+    """``arch`` backbone (``small``, ``alexnet``, ``vgg16``) + NetVLAD + PCA whitening.
+
+    Defaults: ``small`` K=16 -> 256-D; ``alexnet`` / ``vgg16`` K=64 -> 4096-D (AlexNet: 69.6 M parameters).
+    ``backbone_kwargs`` go to the backbone (``widths``, ``batch_norm`` for ``small``).
+    """
+    if arch not in BACKBONES:
+        raise ModelError(f"unknown retrieval architecture {arch!r}; expected one of {sorted(BACKBONES)}")
+    defaults = ARCH_DEFAULTS[arch]
+    backbone = BACKBONES[arch](**backbone_kwargs)
+    netvlad = NetVLAD(num_clusters or defaults["num_clusters"], backbone.out_channels)
+    whitening = PCAWhitening(netvlad.out_features, whitening_dim or defaults["whitening_dim"])
+    return RetrievalNet(backbone, netvlad, whitening)

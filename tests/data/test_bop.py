@@ -1,0 +1,140 @@
+"""BOP files written by hand round-trip through the loader; broken files raise DataError naming them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset, load_models, resize_camera
+from lightning_modules.pose.keypoints import bbox_keypoints, canonical_pose, project, rotation_about
+from nncf_ext.errors import DataError
+
+K = np.array([[120.0, 0.0, 47.5], [0.0, 110.0, 31.5], [0.0, 0.0, 1.0]])
+POSES = [
+    (1, rotation_about(np.array([1.0, 0.0, 0.0]), 0.4), np.array([5.0, -3.0, 400.0])),
+    (2, rotation_about(np.array([0.0, 1.0, 1.0]), 1.2), np.array([-20.0, 10.0, 650.0])),
+]
+
+
+def write_bop(root: Path) -> None:
+    """Two objects (a box; a symmetric box-shaped 'can'), one scene with two images of one object each."""
+    models = root / "models"
+    models.mkdir(parents=True)
+    info: dict[str, dict[str, object]] = {}
+    for obj_id, size in ((1, (40.0, 30.0, 20.0)), (2, (30.0, 30.0, 60.0))):
+        trimesh.creation.box(extents=size).export(str(models / f"obj_{obj_id:06d}.ply"))
+        info[str(obj_id)] = {"diameter": float(np.linalg.norm(size))}
+    info["2"]["symmetries_continuous"] = [{"axis": [0, 0, 1], "offset": [0, 0, 0]}]
+    (models / "models_info.json").write_text(json.dumps(info))
+    scene = root / "test" / "000003"
+    for sub in ("rgb", "mask_visib"):
+        (scene / sub).mkdir(parents=True)
+    gt, cam = {}, {}
+    for im_id, (obj_id, R, t) in enumerate(POSES):
+        image = np.full((64, 96, 3), 40 * (im_id + 1), dtype=np.uint8)
+        image[0, 0] = (255, 0, 0)  # RGB red, written as BGR by OpenCV below
+        cv2.imwrite(str(scene / "rgb" / f"{im_id:06d}.png"), image[..., ::-1])
+        mask = np.zeros((64, 96), dtype=np.uint8)
+        mask[20:40, 30:60] = 255
+        cv2.imwrite(str(scene / "mask_visib" / f"{im_id:06d}_000000.png"), mask)
+        gt[str(im_id)] = [{"cam_R_m2c": R.reshape(-1).tolist(), "cam_t_m2c": t.tolist(), "obj_id": obj_id}]
+        cam[str(im_id)] = {"cam_K": K.reshape(-1).tolist(), "depth_scale": 1.0}
+    (scene / "scene_gt.json").write_text(json.dumps(gt))
+    (scene / "scene_camera.json").write_text(json.dumps(cam))
+
+
+@pytest.fixture
+def bop_root(tmp_path: Path) -> Path:
+    write_bop(tmp_path)
+    return tmp_path
+
+
+def test_models_round_trip(bop_root: Path) -> None:
+    models = load_models(bop_root / "models")
+    assert sorted(models) == [1, 2]
+    assert models[1].diameter == pytest.approx(np.linalg.norm([40, 30, 20]))
+    assert not models[1].symmetric and models[2].symmetric
+    np.testing.assert_allclose(models[1].points.max(0), [20, 15, 10])
+    np.testing.assert_allclose(models[1].keypoints, bbox_keypoints(models[1].points))
+
+
+def test_eval_dataset_round_trip(bop_root: Path) -> None:
+    ds = BopEvalDataset(bop_root, "test")
+    assert len(ds) == 2 and ds.obj_ids == [1, 2]
+    batch = BopEvalDataset.collate([ds[0], ds[1]])
+    for i, (obj_id, R, t) in enumerate(POSES):
+        np.testing.assert_allclose(batch["R"][i].numpy(), R)
+        np.testing.assert_allclose(batch["t"][i].numpy(), t)
+        assert int(batch["obj_id"][i]) == obj_id and int(batch["label"][i]) == obj_id - 1
+    np.testing.assert_allclose(batch["K"][0].numpy(), K)
+    assert batch["image"].shape == (2, 3, 64, 96)
+    assert torch.allclose(batch["image"][0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # RGB order
+    assert batch["symmetric"].tolist() == [False, True]
+    assert [p.shape[0] for p in batch["points"]] == [8, 8]
+
+
+def test_train_dataset_keypoints_and_masks(bop_root: Path) -> None:
+    ds = BopTrainDataset(bop_root, "test", max_instances=2)
+    models = ds.models
+    item = ds[0]
+    _, R, t = POSES[0]
+    np.testing.assert_allclose(item["keypoints"][0].numpy(), project(models[1].keypoints, K, R, t), rtol=1e-5)
+    assert item["labels"].tolist() == [0, -1]
+    assert item["masks"][0].sum() == 20 * 30 and not item["masks"][1].any()
+    # the symmetric object is labelled in its canonical pose
+    _, R2, t2 = POSES[1]
+    R_c, t_c = canonical_pose(R2, t2, models[2].symmetries)
+    np.testing.assert_allclose(
+        ds[1]["keypoints"][0].numpy(), project(models[2].keypoints, K, R_c, t_c), rtol=1e-5
+    )
+
+
+def test_resizing_rescales_the_camera(bop_root: Path) -> None:
+    ds = BopTrainDataset(bop_root, "test", image_size=(32, 48))
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 48) and item["masks"].shape[-2:] == (32, 48)
+    _, R, t = POSES[0]
+    full = project(ds.models[1].keypoints, K, R, t)
+    np.testing.assert_allclose(item["keypoints"][0].numpy(), (full + 0.5) / 2 - 0.5, rtol=1e-5)
+    np.testing.assert_allclose(resize_camera(K, (64, 96), (64, 96)), K)
+
+
+def test_missing_and_malformed_files_are_named(bop_root: Path) -> None:
+    scene = bop_root / "test" / "000003"
+    (scene / "rgb" / "000001.png").unlink()
+    with pytest.raises(DataError, match=r"000001\.png"):
+        BopEvalDataset(bop_root, "test")[1]
+    (scene / "scene_camera.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"scene_camera\.json"):
+        BopEvalDataset(bop_root, "test")
+    (bop_root / "models" / "obj_000002.ply").unlink()
+    with pytest.raises(DataError, match=r"obj_000002\.ply"):
+        load_models(bop_root / "models")
+    with pytest.raises(DataError, match="split directory"):
+        BopEvalDataset(bop_root, "val", obj_ids=[1])
+
+
+def test_bad_pose_entries_are_named(bop_root: Path) -> None:
+    gt_path = bop_root / "test" / "000003" / "scene_gt.json"
+    gt = json.loads(gt_path.read_text())
+    gt["1"][0]["cam_R_m2c"] = [1, 0, 0]
+    gt_path.write_text(json.dumps(gt))
+    with pytest.raises(DataError, match=r"scene_gt.json\[1\]\[0\].cam_R_m2c"):
+        BopEvalDataset(bop_root, "test")
+
+
+def test_cache_serves_decoded_items_without_rereading(bop_root: Path) -> None:
+    ds = BopTrainDataset(bop_root, "test", cache=True)
+    first = ds[1]
+    for path in (bop_root / "test" / "000003").rglob("*.png"):
+        path.unlink()
+    again = ds[1]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    with pytest.raises(DataError, match="000000"):
+        ds[0]  # never read, so it is not cached

@@ -1,0 +1,132 @@
+"""Revisited-format loader: generator -> files -> loader round trip, crops, training tuples, named errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.data.places_synth import RenderedPlaces, SynthConfig, generate_places
+from lightning_modules.data.revisited import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PoolImages,
+    RevisitedEvalSet,
+    TrainingTuples,
+    load_revisited,
+)
+from nncf_ext.errors import DataError
+
+TINY = SynthConfig(
+    num_places=4, easy_views=2, hard_views=2, junk_views=1, distractors=6, image_size=48, query_size=64
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RenderedPlaces]:
+    root = tmp_path_factory.mktemp("tiny_places")
+    return root, generate_places(root, "tiny", seed=5, config=TINY)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    rgb = x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    return (rgb.permute(1, 2, 0).numpy() * 255).round()
+
+
+def test_round_trip_images_and_ground_truth(dataset: tuple[Path, RenderedPlaces]) -> None:
+    root, rendered = dataset
+    data = load_revisited(root)
+    assert data.name == "tiny" and data.num_database == 26 and data.num_queries == 4
+    for q, entry in enumerate(data.gnd):
+        for kind in ("easy", "hard", "junk"):
+            assert entry[kind] == [i for i, (p, k) in enumerate(rendered.labels) if (p, k) == (q, kind)]
+    pool = PoolImages(data, image_size=48)
+    for i in (0, 7, 25):  # database images come back as rendered, up to JPEG loss far below other images
+        loaded = to_uint8(pool[i][0])
+        assert (
+            np.abs(loaded - rendered.images[i]).mean() < 10 < np.abs(loaded - rendered.images[i - 1]).mean()
+        )
+    x1, y1, x2, y2 = (round(v) for v in data.gnd[2]["bbx"])
+    crop = rendered.queries[2][y1:y2, x1:x2]
+    loaded = to_uint8(pool[data.num_database + 2][0])  # query crops follow the database in the pool
+    expected = cv2.resize(crop, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float64)
+    assert np.abs(loaded - expected).mean() < 10
+
+
+def test_eval_set_lists_queries_then_database(dataset: tuple[Path, RenderedPlaces]) -> None:
+    data = load_revisited(dataset[0])
+    evalset = RevisitedEvalSet(data, image_size=32)
+    assert len(evalset) == 30
+    image, index, is_query = evalset[3]
+    assert image.shape == (3, 32, 32) and (index, is_query) == (3, True)
+    assert evalset[4][1:] == (0, False) and evalset[29][1:] == (25, False)
+
+
+def test_training_tuples_follow_the_ground_truth(dataset: tuple[Path, RenderedPlaces]) -> None:
+    root, rendered = dataset
+    tuples = TrainingTuples(load_revisited(root), image_size=32, num_negatives=3, seed=0)
+    n = 26
+    place = [p for p, _ in rendered.labels] + list(range(4))  # pool: database, then query crops
+    kind = [k for _, k in rendered.labels] + ["query"] * 4
+    assert sorted(tuples.anchors.tolist()) == [
+        i for i in range(n + 4) if kind[i] in ("easy", "hard", "query")
+    ]
+    for row, anchor in enumerate(tuples.anchors.tolist()):
+        positives = tuples.positives[row].nonzero().flatten().tolist()
+        assert positives == [
+            j for j in range(n + 4) if j != anchor and place[j] == place[anchor] and kind[j] != "junk"
+        ]
+        forbidden = tuples.forbidden[row].nonzero().flatten().tolist()
+        assert forbidden == [j for j in range(n + 4) if place[j] == place[anchor]]  # junk is never a negative
+    images, idx = tuples[0]
+    assert images.shape == (5, 3, 32, 32)
+    a, p, negs = int(idx[0]), int(idx[1]), idx[2:].tolist()
+    assert place[a] == place[p] and all(place[j] != place[a] for j in negs)
+    with pytest.raises(DataError, match=r"shape \(n, 5\)"):
+        tuples.set_tuples(torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_missing_and_malformed_files_are_named(dataset: tuple[Path, RenderedPlaces], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"gnd_nothing\.pkl: ground-truth file not found"):
+        load_revisited(tmp_path, "nothing")
+    root = dataset[0]
+    with open(root / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    broken = tmp_path / "broken"
+    (broken / "jpg").mkdir(parents=True)
+    for name in raw["qimlist"] + raw["imlist"][1:]:
+        (broken / "jpg" / f"{name}.jpg").write_bytes((root / "jpg" / f"{name}.jpg").read_bytes())
+    with open(broken / "gnd_broken.pkl", "wb") as f:
+        pickle.dump(raw, f)
+    with pytest.raises(DataError, match=r"img_00000\.jpg: image not found"):
+        load_revisited(broken)
+    (broken / "jpg" / "img_00000.jpg").write_bytes(b"not a jpeg")
+    data = load_revisited(broken)
+    with pytest.raises(DataError, match=r"img_00000\.jpg: cannot read image"):
+        PoolImages(data, 32)[0]
+    raw["gnd"][1]["hard"] = [99]
+    with open(broken / "gnd_broken.pkl", "wb") as f:
+        pickle.dump(raw, f)
+    with pytest.raises(DataError, match=r"gnd_broken\.pkl: gnd\[1\]\['hard'\] has an index outside imlist"):
+        load_revisited(broken)
+
+
+def test_decoded_images_are_cached_when_they_fit(
+    dataset: tuple[Path, RenderedPlaces], tmp_path: Path
+) -> None:
+    root = tmp_path / "copy"
+    (root / "jpg").mkdir(parents=True)
+    for f in (dataset[0] / "jpg").iterdir():
+        (root / "jpg" / f.name).write_bytes(f.read_bytes())
+    (root / "gnd_tiny.pkl").write_bytes((dataset[0] / "gnd_tiny.pkl").read_bytes())
+    data = load_revisited(root)
+    cached, uncached = PoolImages(data, 32), PoolImages(data, 32, cache_bytes=0)
+    first = cached[3][0]
+    (root / "jpg" / f"{data.imlist[3]}.jpg").unlink()
+    assert torch.equal(cached[3][0], first)  # served from memory
+    with pytest.raises(DataError, match="cannot read image"):
+        uncached[3]

@@ -1,0 +1,173 @@
+"""ADD / ADD-S against hand-computed values, thresholds, depth bins, missed detections, DDP-style merging."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.metrics import (
+    PoseAccuracy,
+    add_error,
+    adds_error,
+    depth_bins,
+    pose_accuracy,
+    pose_errors,
+)
+from lightning_modules.pose.keypoints import rotation_about
+
+UNIT = np.eye(3)  # points (1,0,0), (0,1,0), (0,0,1)
+RZ90 = rotation_about(np.array([0.0, 0.0, 1.0]), math.pi / 2)
+
+
+def cylinder_points(radius: float = 30.0, height: float = 80.0, segments: int = 360) -> np.ndarray:
+    ang = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    rings = [
+        np.stack([radius * np.cos(ang), radius * np.sin(ang), np.full_like(ang, z)], 1) for z in (-40, 0, 40)
+    ]
+    return np.concatenate(rings)
+
+
+def test_identity_pose_has_zero_error() -> None:
+    pts = np.random.default_rng(0).normal(size=(50, 3))
+    R, t = rotation_about(np.array([1.0, 2.0, 3.0]), 0.7), np.array([5.0, -2.0, 300.0])
+    assert add_error(R, t, R, t, pts) == pytest.approx(0.0, abs=1e-12)
+    assert adds_error(R, t, R, t, pts) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pure_translation_gives_add_equal_to_its_length() -> None:
+    pts = np.random.default_rng(1).normal(size=(40, 3)) * 50
+    R = rotation_about(np.array([0.0, 1.0, 0.0]), 0.3)
+    t = np.array([0.0, 0.0, 500.0])
+    shift = np.array([3.0, 4.0, 12.0])  # length 13
+    assert add_error(R, t + shift, R, t, pts) == pytest.approx(13.0)
+
+
+def test_hand_computed_rotation_errors() -> None:
+    t = np.zeros(3)
+    # (1,0,0)->(0,1,0) and (0,1,0)->(-1,0,0) move by sqrt(2); (0,0,1) stays: mean 2 sqrt(2) / 3
+    assert add_error(RZ90, t, np.eye(3), t, UNIT) == pytest.approx(2 * math.sqrt(2) / 3)
+    # nearest estimated point: (1,0,0) -> sqrt(2), (0,1,0) -> 0, (0,0,1) -> 0
+    assert adds_error(RZ90, t, np.eye(3), t, UNIT) == pytest.approx(math.sqrt(2) / 3)
+    # the BOP definition is not symmetric in (est, gt): swapping gives the same here by construction only
+    assert adds_error(np.eye(3), t, RZ90, t, UNIT) == pytest.approx(math.sqrt(2) / 3)
+
+
+def test_symmetric_object_rotated_about_its_axis() -> None:
+    pts = cylinder_points()
+    diameter = math.hypot(60.0, 80.0)
+    R_gt, t = np.eye(3), np.array([10.0, 20.0, 600.0])
+    angle = math.radians(37.5)  # not a multiple of the 1 degree point spacing
+    R_est = rotation_about(np.array([0.0, 0.0, 1.0]), angle)
+    assert adds_error(R_est, t, R_gt, t, pts) < 0.005 * diameter
+    # every point moves along a chord of its circle of radius 30
+    assert add_error(R_est, t, R_gt, t, pts) == pytest.approx(2 * 30.0 * math.sin(angle / 2))
+    errors = pose_errors(
+        np.stack([R_est, R_est]),
+        np.stack([t, t]),
+        np.stack([R_gt, R_gt]),
+        np.stack([t, t]),
+        np.stack([pts, pts]),
+        [False, True],
+    )
+    assert errors[0] == pytest.approx(add_error(R_est, t, R_gt, t, pts))
+    assert errors[1] == pytest.approx(adds_error(R_est, t, R_gt, t, pts))
+
+
+def test_pose_errors_accepts_point_lists_and_tensors() -> None:
+    rng = np.random.default_rng(2)
+    pts = [rng.normal(size=(n, 3)) for n in (10, 25)]
+    R = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1)
+    t_est = torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    errors = pose_errors(
+        R, t_est, R, torch.zeros(2, 3, dtype=torch.float64), pts, torch.tensor([False, False])
+    )
+    np.testing.assert_allclose(errors, [1.0, 2.0])
+    with pytest.raises(ValueError, match="point sets"):
+        pose_errors(R, t_est, R, torch.zeros(2, 3), pts[:1], [False, False])
+    with pytest.raises(ValueError, match=r"R \(B, 3, 3\)"):
+        pose_errors(R[:1], t_est, R, torch.zeros(2, 3), pts, [False, False])
+
+
+def test_depth_bins_are_equal_width_between_min_and_max() -> None:
+    index, edges = depth_bins([100, 200, 300, 400, 500, 600, 700])
+    np.testing.assert_allclose(edges, [100, 300, 500, 700])
+    np.testing.assert_array_equal(index, [0, 0, 1, 1, 2, 2, 2])  # the maximum belongs to "far"
+
+
+def test_accuracy_thresholds_and_bins() -> None:
+    diam = np.full(6, 100.0)
+    errors = np.array([4.0, 9.0, 15.0, 40.0, 60.0, 1.0])  # fractions 0.04, 0.09, 0.15, 0.4, 0.6, 0.01
+    depths = np.array([100.0, 100.0, 400.0, 400.0, 700.0, 700.0])
+    acc = pose_accuracy(errors, diam, depths)
+    assert acc["add_0.05d"] == pytest.approx(2 / 6)
+    assert acc["add_0.1d"] == pytest.approx(3 / 6)
+    assert acc["add_0.2d"] == pytest.approx(4 / 6)
+    assert acc["add_0.5d"] == pytest.approx(5 / 6)
+    assert (acc["add_0.1d_near"], acc["add_0.1d_medium"], acc["add_0.1d_far"]) == (1.0, 0.0, 0.5)
+    assert (acc["count_near"], acc["count_medium"], acc["count_far"]) == (2.0, 2.0, 2.0)
+    # an error exactly at the threshold is not below it
+    assert pose_accuracy([10.0], [100.0], [1.0])["add_0.1d"] == 0.0
+
+
+def test_missed_detection_counts_as_failure() -> None:
+    acc = pose_accuracy([0.0, 0.0], [100.0, 100.0], [300.0, 600.0], missed=[False, True])
+    assert acc["add_0.5d"] == 0.5
+    assert acc["missed"] == 0.5
+    assert acc["add_0.5d_far"] == 0.0  # the missed one is the far one
+
+    metric = PoseAccuracy()
+    R, t = torch.eye(3).repeat(2, 1, 1), torch.tensor([[0.0, 0.0, 300.0], [0.0, 0.0, 600.0]])
+    metric.update(
+        R,
+        t,
+        R,
+        t,
+        torch.zeros(2, 4, 3),
+        torch.tensor([100.0, 100.0]),
+        torch.tensor([False, False]),
+        detected=torch.tensor([True, False]),
+    )
+    out = metric.compute()
+    assert float(out["add_0.1d"]) == 0.5 and float(out["count"]) == 2.0
+
+
+def _random_batch(seed: int, n: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    R_gt = np.stack([rotation_about(rng.normal(size=3), rng.uniform(0, 3)) for _ in range(n)])
+    R_est = np.stack([r @ rotation_about(rng.normal(size=3), rng.uniform(0, 0.2)) for r in R_gt])
+    t_gt = np.concatenate([rng.normal(size=(n, 2)) * 50, rng.uniform(200, 900, (n, 1))], 1)
+    return {
+        "R_est": R_est,
+        "t_est": t_gt + rng.normal(size=(n, 3)) * 8,
+        "R_gt": R_gt,
+        "t_gt": t_gt,
+        "points": rng.normal(size=(n, 30, 3)) * 40,
+        "diameters": np.full(n, 150.0),
+        "symmetric": rng.random(n) < 0.3,
+        "detected": rng.random(n) < 0.9,
+    }
+
+
+def test_metric_accumulates_and_merges_like_ddp() -> None:
+    """Depth bins use the global min/max: split, merged states must give exactly the single-pass result."""
+    a, b = _random_batch(0, 20), _random_batch(1, 13)
+    whole = {k: np.concatenate([a[k], b[k]]) for k in a}
+    single = PoseAccuracy()
+    single.update(**whole)
+    rank0, rank1 = PoseAccuracy(), PoseAccuracy()
+    rank0.update(**a)
+    rank1.update(**b)
+    rank0.merge_state(rank1)  # what "cat" reduction does across processes
+    expected, merged = single.compute(), rank0.compute()
+    assert merged.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(merged[key], expected[key], equal_nan=True)
+    errors = pose_errors(
+        whole["R_est"], whole["t_est"], whole["R_gt"], whole["t_gt"], whole["points"], whole["symmetric"]
+    )
+    func = pose_accuracy(errors, whole["diameters"], whole["t_gt"][:, 2], ~whole["detected"])
+    assert float(expected["add_0.2d_far"]) == pytest.approx(func["add_0.2d_far"])
+    assert 0.0 < float(expected["add_0.2d"]) < 1.0  # the fixture is neither trivially right nor wrong

@@ -1,0 +1,51 @@
+"""RetrievalNet: three named submodules, unit-norm descriptors, data initialisation, full-size parameter count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_modules.retrieval import RetrievalNet, build_retrieval_net
+from nncf_ext.errors import ModelError
+
+
+def test_full_size_alexnet_netvlad_pca_has_69_6m_parameters() -> None:
+    model = build_retrieval_net("alexnet")
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    # AlexNet conv1-5; NetVLAD K=64, D=256 (1x1 conv + centroids); PCA 64*256 -> 4096 (weight + bias)
+    assert counts == {
+        "backbone": 2_469_696,
+        "netvlad": 64 * 256 + 64 + 64 * 256,
+        "whitening": 16384 * 4096 + 4096,
+    }
+    assert sum(counts.values()) == 69_615_488
+    assert not isinstance(model, nn.Sequential)
+    assert model.netvlad.num_clusters == 64 and model.out_features == 4096
+
+
+def test_small_model_gives_unit_norm_descriptors_and_inits_from_images() -> None:
+    torch.manual_seed(0)
+    model = build_retrieval_net("small", widths=(8, 16), num_clusters=4, whitening_dim=16)
+    images = torch.randn(40, 3, 16, 16)
+    model.init_from_images([images[:20], (images[20:], torch.arange(20))])
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+        vlad = model.vlad(images)
+    assert out.shape == (40, 16)
+    assert torch.allclose(out.norm(dim=1), torch.ones(40), atol=1e-5)
+    whitened = model.whitening(vlad)
+    assert torch.allclose(torch.cov(whitened.T), torch.eye(16), atol=1e-3)  # PCA fitted on these images
+    assert torch.allclose(
+        model.netvlad.centroids.norm(dim=1), torch.ones(4), atol=0.2
+    )  # k-means of unit descriptors
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ModelError, match="unknown retrieval architecture 'resnet'"):
+        build_retrieval_net("resnet")
+    model = build_retrieval_net("small", widths=(8,), num_clusters=2, whitening_dim=4)
+    with pytest.raises(ModelError, match="whitening takes 32 inputs, NetVLAD gives 16"):
+        RetrievalNet(model.backbone, model.netvlad, type(model.whitening)(32, 4))

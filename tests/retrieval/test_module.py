@@ -1,0 +1,96 @@
+"""RetrievalModule under a plain CPU Trainer and under DDP: mining, validation mAP, training that helps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lightning_modules.data.places_synth import SynthConfig, generate_places
+from lightning_modules.retrieval import RetrievalDataModule, RetrievalModule, build_retrieval_net, evaluate
+
+TINY = SynthConfig(
+    num_places=8, easy_views=2, hard_views=2, junk_views=1, distractors=8, image_size=48, query_size=64
+)
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("places")
+    generate_places(root, "tiny", seed=11, config=TINY)
+    return root
+
+
+def tiny_setup(root: Path, batch_norm: bool = True) -> tuple[RetrievalDataModule, torch.nn.Module]:
+    pl.seed_everything(0, verbose=False)
+    dm = RetrievalDataModule(root, root, image_size=SIZE, batch_size=8, num_negatives=2, eval_batch_size=64)
+    model = build_retrieval_net(
+        "small", widths=(8, 16, 32), num_clusters=8, whitening_dim=24, batch_norm=batch_norm
+    )
+    model.init_from_images(dm.init_dataloader())
+    return dm, model
+
+
+def trainer(**kwargs: object) -> pl.Trainer:
+    options = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **kwargs,
+    }
+    return pl.Trainer(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("batch_negatives", "gain"), [(False, 0.05), (True, 0.15)])
+def test_two_epochs_raise_map(tiny_root: Path, batch_negatives: bool, gain: float) -> None:
+    """Trained and scored on the same tiny dataset: two epochs of triplet training must fit it better."""
+    dm, model = tiny_setup(tiny_root)
+    initial = dm.train_tuples.tuples.clone()
+    before = evaluate(model, dm.val_data, SIZE)["mAP_medium"]  # about 0.22
+    module = RetrievalModule(model, lr=5e-3, batch_negatives=batch_negatives)
+    trainer(max_epochs=2).fit(module, datamodule=dm)
+    logged = float(module.trainer.callback_metrics["val/mAP_medium"])
+    after = evaluate(model, dm.val_data, SIZE)
+    assert after["mAP_medium"] == pytest.approx(logged, abs=1e-5)  # validation logs what evaluate() measures
+    assert logged > before + gain  # measured: +0.09 with mined negatives only, +0.29 with batch negatives
+    assert after["mAP_easy"] >= after["mAP_medium"] - 0.2  # all three protocols were logged
+    assert {"val/mAP_easy", "val/mAP_hard", "val/mP@5_medium"} <= set(module.trainer.callback_metrics)
+    tuples = dm.train_tuples
+    assert not torch.equal(tuples.tuples, initial)  # mined, not the random start
+    rows = {a: r for r, a in enumerate(tuples.anchors.tolist())}
+    mined_rows = torch.tensor([rows[a] for a in tuples.tuples[:, 0].tolist()])
+    assert not tuples.forbidden[mined_rows[:, None], tuples.tuples[:, 2:]].any()
+    assert tuples.positives[mined_rows, tuples.tuples[:, 1]].all()
+
+
+class RecordTuples(pl.Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        tuples = trainer.datamodule.train_tuples.tuples  # type: ignore[attr-defined]
+        torch.save(tuples, self.out / f"rank{trainer.global_rank}.pt")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        torch.save(metrics, self.out / f"metrics{trainer.global_rank}.pt")
+
+
+def test_ddp_ranks_mine_the_same_tuples_and_score_the_whole_set(tiny_root: Path, tmp_path: Path) -> None:
+    dm, model = tiny_setup(tiny_root, batch_norm=False)  # no running statistics that training would move
+    expected = evaluate(model, dm.val_data, SIZE)["mAP_medium"]
+    module = RetrievalModule(model, lr=1e-12, cosine_schedule=False)  # weights stay put: mAP is known
+    trainer(strategy="ddp_spawn", devices=2, max_epochs=1, callbacks=[RecordTuples(tmp_path)]).fit(
+        module, datamodule=dm
+    )
+    t0, t1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(t0, t1)
+    m0, m1 = torch.load(tmp_path / "metrics0.pt"), torch.load(tmp_path / "metrics1.pt")
+    assert m0 == m1
+    assert m0["val/mAP_medium"] == pytest.approx(
+        expected, abs=1e-4
+    )  # both shards of the eval set were gathered
