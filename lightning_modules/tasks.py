@@ -47,8 +47,57 @@ def _toy_data(
     return ToyDataModule(batch_size=batch_size or 64, seed=seed)
 
 
+
+def _retrieval_module(
+    arch: str = "small",
+    widths: tuple[int, ...] | list[int] = (16, 32, 64, 64),
+    num_clusters: int = 16,
+    whitening_dim: int = 256,
+    image_size: int = 64,
+    **module_options: Any,
+) -> pl.LightningModule:
+    """``RetrievalModule`` over a fresh ``RetrievalNet``; the architecture joins its hparams so
+    ``compressed.pt`` rebuilds it. Start from a trained base with ``nncf-ext compress --init-from``."""
+    from lightning_modules.retrieval.model import build_retrieval_net
+    from lightning_modules.retrieval.module import RetrievalModule
+
+    kwargs: dict[str, Any] = {"widths": tuple(widths)} if arch == "small" else {}
+    net = build_retrieval_net(arch, num_clusters=num_clusters, whitening_dim=whitening_dim, **kwargs)
+    module = RetrievalModule(net, **module_options)
+    module.hparams.update(
+        arch=arch,
+        widths=list(widths),
+        num_clusters=num_clusters,
+        whitening_dim=whitening_dim,
+        image_size=image_size,
+    )
+    module.example_input_array = torch.zeros(1, 3, image_size, image_size)
+    return module
+
+
+def _retrieval_data(
+    data: str | None = None, batch_size: int | None = None, seed: int = 0
+) -> pl.LightningDataModule:
+    """``--data TRAIN,TEST`` (revisited-format directories); default: embedded synth_paris -> synth_oxford."""
+    from lightning_modules.retrieval.datamodule import RetrievalDataModule
+
+    options: dict[str, Any] = {"batch_size": batch_size or 16, "seed": seed, "num_negatives": 3}
+    if data is None:
+        return RetrievalDataModule.embedded(**options)
+    parts = data.split(",")
+    if len(parts) != 2:
+        raise ConfigError("data", f"the retrieval task takes --data TRAIN_DIR,TEST_DIR, got '{data}'")
+    return RetrievalDataModule(parts[0], parts[1], **options)
+
+
 TASKS: dict[str, Task] = {
     "toy": Task("toy", _toy_module, _toy_data, "gratings classification (tiny, generated in memory)"),
+    "retrieval": Task(
+        "retrieval",
+        _retrieval_module,
+        _retrieval_data,
+        "place recognition: conv features + NetVLAD + PCA whitening, triplet loss, revisited mAP",
+    ),
 }
 
 

@@ -7,6 +7,12 @@ The public API, named the way NNCF names its own::
     state = nncf_ext.get_config(model); nncf_ext.load_from_config(fresh_model, state)
 """
 
+import os
+
+# NNCF compiles its quantization kernels on first use and gives up after 60 s; on a busy 2-core machine the
+# compile can take longer. A user's own setting wins.
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "300")
+
 from nncf_ext.config import CompressionConfig, InputInfo, load_config
 from nncf_ext.errors import (
     CheckpointError,

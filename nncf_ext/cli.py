@@ -17,9 +17,20 @@ from nncf_ext.statistics import compression_statistic
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lightning_modules.toy import demo
+    if args.task == "toy":
+        from lightning_modules.toy import demo as toy
 
-    demo.run(config=args.config, epochs=args.epochs, output_dir=args.output_dir, seed=args.seed)
+        toy.run(config=args.config, epochs=args.epochs or 6, output_dir=args.output_dir, seed=args.seed)
+        return 0
+    from dataclasses import replace
+
+    from lightning_modules.retrieval import demo
+    from lightning_modules.retrieval.recipe import BaseRecipe
+
+    settings = demo.DemoSettings(recipe=replace(BaseRecipe(), seed=args.seed))
+    if args.epochs:
+        settings = replace(settings, epochs=args.epochs)
+    demo.run(settings, args.output_dir, template=args.config)
     return 0
 
 
@@ -131,15 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train, compress and report on the embedded dataset")
-    demo.add_argument("--config", default=None, help="compression config JSON (default: the example recipe)")
-    demo.add_argument("--epochs", type=int, default=6, help="epochs of base training and of compression")
+    demo = sub.add_parser("demo", help="train, compress, export and report on an embedded dataset")
+    demo.add_argument(
+        "--task",
+        choices=("retrieval", "toy"),
+        default="retrieval",
+        help="retrieval: the paper's table and plot (~12 min); toy: pruning on gratings (seconds)",
+    )
+    demo.add_argument(
+        "--config",
+        default=None,
+        help="retrieval: recipe template (default examples/configs/place_recognition.json); "
+        "toy: the compression config",
+    )
+    demo.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the demo's)")
     demo.add_argument("--output-dir", default="outputs/demo", help="where results (JSON) are written")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=_demo)
 
     compress = sub.add_parser("compress", help="train a task model under a compression config (Lightning)")
-    compress.add_argument("--task", required=True, help="task to train: toy, retrieval or pose")
+    compress.add_argument("--task", required=True, help="task to train: toy or retrieval")
     compress.add_argument("--config", required=True, help="compression config JSON")
     compress.add_argument(
         "--data", default=None, help="dataset root (default: the embedded dataset of the task)"

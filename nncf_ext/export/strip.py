@@ -69,26 +69,45 @@ def strip_for_export(model: nn.Module, example_input: Any) -> tuple[nn.Module, d
 
 
 class TorchFakeQuantize(nn.Module):
-    """An NNCF quantizer as ``torch.fake_quantize_per_tensor_affine`` (NNCF converts only 8 bits)."""
+    """An NNCF quantizer as ``torch.fake_quantize_per_{tensor,channel}_affine`` (NNCF converts only 8 bits).
 
-    def __init__(self, scale: float, zero_point: int, quant_min: int, quant_max: int) -> None:
+    ``axis`` is None for a per-tensor quantizer, else the channel axis of the per-channel ``scale``.
+    """
+
+    def __init__(
+        self,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        quant_min: int,
+        quant_max: int,
+        axis: int | None = None,
+    ) -> None:
         super().__init__()
-        self.scale, self.zero_point, self.quant_min, self.quant_max = scale, zero_point, quant_min, quant_max
+        self.quant_min, self.quant_max, self.axis = quant_min, quant_max, axis
+        self.register_buffer("scale", scale.detach().reshape(-1).float().clone())
+        self.register_buffer("zero_point", zero_point.detach().reshape(-1).round().int().clone())
 
     @classmethod
     def from_quantizer(cls, quantizer: BaseQuantizer) -> TorchFakeQuantize:
-        if quantizer.per_channel:
-            raise ExportError("per-channel activation quantizers are not supported by export")
-        if not quantizer.is_enabled_quantization():
-            return cls(1.0, 0, 0, 0)  # not started yet: identity (quant_min == quant_max marks it)
+        if not quantizer.is_enabled_quantization():  # not started yet: identity (quant_min == quant_max)
+            return cls(torch.ones(1), torch.zeros(1), 0, 0)
         level_low, level_high, scale, zero_point = quantizer.get_parameters_for_torch_fq()
-        return cls(
-            float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]), int(level_low), int(level_high)
-        )
+        axis = None
+        if quantizer.per_channel:
+            shape = list(quantizer.scale_shape)
+            wide = [i for i, n in enumerate(shape) if n > 1]
+            if len(wide) > 1:
+                raise ExportError(f"a quantizer with scale shape {shape} has more than one channel axis")
+            axis = wide[0] if wide else 0
+        return cls(scale, zero_point, int(level_low), int(level_high), axis)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_min == self.quant_max:
             return x
-        return torch.fake_quantize_per_tensor_affine(
-            x, self.scale, self.zero_point, self.quant_min, self.quant_max
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(
+                x, float(self.scale[0]), int(self.zero_point[0]), self.quant_min, self.quant_max
+            )
+        return torch.fake_quantize_per_channel_affine(
+            x, self.scale, self.zero_point, self.axis, self.quant_min, self.quant_max
         )

@@ -64,13 +64,13 @@ def test_views_differ_but_stay_closer_to_their_place() -> None:
     assert np.mean(same) < np.mean(other)
 
 
-def test_ensure_writes_two_disjoint_datasets_and_reuses_the_cache(
+def test_ensure_writes_disjoint_datasets_and_reuses_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = ensure_places_synth(tmp_path, TINY)
     assert set(paths) == set(DATASETS)
-    a, b = (paths[n] / "jpg" / "query_0000.jpg" for n in DATASETS)
-    assert a.read_bytes() != b.read_bytes()
+    queries = [(paths[n] / "jpg" / "query_0000.jpg").read_bytes() for n in DATASETS]
+    assert len(set(queries)) == len(DATASETS)  # every dataset has places of its own
     manifest = json.loads((paths["synth_oxford"] / "manifest.json").read_text())
     assert manifest["config"]["num_places"] == 4
 

@@ -1,0 +1,401 @@
+"""The main demo (``make demo`` / ``nncf-ext demo``): the place-recognition compression recipe of Saha et al.
+(ACPR 2017) on the embedded data, beside NNCF's own magnitude pruning + int8, every model scored as an IR.
+
+1. A base model (small backbone + NetVLAD + PCA whitening) is trained on ``synth_train``.
+2. Each row of the paper's table is one fine-tuning run of the base model under a config file derived from
+   ``examples/configs/place_recognition.json`` (L1 + threshold pruning, then 8- or 5-bit k-means trained
+   quantization), applied by :class:`NNCFCompressionCallback` inside ``Trainer.fit``.
+3. NNCF's baseline gets the same fine-tuning epochs: ``nncf.prune`` (global magnitude, exponential ramp to
+   the target ratio), then ``nncf.quantize`` (int8 weights and activations).
+4. Every model is written as a Deep Compression archive (its size gives the compression ratio) and exported
+   to OpenVINO; the mAP of the IR on two held-out sets (``synth_oxford``, ``synth_paris``) fills the table.
+   A fine-tuned uncompressed control row shows what the extra epochs alone give.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import nncf
+import pytorch_lightning as pl
+import torch
+from nncf.torch.function_hook.pruning.magnitude.schedulers import ExponentialMagnitudePruningScheduler
+from torch import nn
+
+import nncf_ext
+from lightning_modules.callbacks import NNCFCompressionCallback
+from lightning_modules.data.places_synth import SynthConfig, ensure_places_synth
+from lightning_modules.data.revisited import RevisitedData, load_revisited
+from lightning_modules.retrieval.datamodule import RetrievalDataModule
+from lightning_modules.retrieval.evaluation import evaluate
+from lightning_modules.retrieval.recipe import BaseRecipe, build_base, train
+from nncf_ext.errors import ConfigError
+from nncf_ext.export import export_openvino, save_archive
+from nncf_ext.export.openvino import exact_config
+from nncf_ext.export.runtime import OpenVINOModel
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "configs" / "place_recognition.json"
+METRIC = "mAP_medium"
+
+
+@dataclass(frozen=True)
+class RecipeRow:
+    """One row of the paper's table: pruning quality ``q`` (x std) for convolutions and for the whitening
+    layer, then ``bits``-bit k-means trained quantization."""
+
+    conv_q: float
+    fc_q: float
+    bits: int
+
+    @property
+    def name(self) -> str:
+        return f"q{self.conv_q:g}-{self.fc_q:g}_{self.bits}bit"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs; the defaults take about 12 minutes on 2 idle CPU cores."""
+
+    recipe: BaseRecipe = field(default_factory=BaseRecipe)
+    data: SynthConfig = field(default_factory=SynthConfig)
+    epochs: int = 16  # fine-tuning epochs of every compressed model (and of the control)
+    rows: tuple[RecipeRow, ...] = (
+        RecipeRow(0.25, 1.0, 8),
+        RecipeRow(0.5, 1.5, 8),
+        RecipeRow(0.5, 2.0, 8),
+        RecipeRow(0.75, 2.5, 8),
+        RecipeRow(0.5, 2.0, 5),
+        RecipeRow(0.75, 2.5, 5),
+    )
+    nncf_ratios: tuple[float, ...] = (0.8, 0.9, 0.95)  # nncf.prune target ratios (global magnitude)
+    control: bool = True  # also fine-tune the uncompressed base for ``epochs``
+    train_set: str = "synth_train"
+    test_sets: tuple[str, str] = ("synth_oxford", "synth_paris")
+    progress_bar: bool = True
+
+
+# -- configs -----------------------------------------------------------------------------------------------
+def _pruning_entry(compression: list[dict[str, Any]], op_type: str) -> dict[str, Any]:
+    for entry in compression:
+        types = entry.get("target_scope", {}).get("types", [])
+        if entry.get("algorithm") == "threshold_pruning" and types == [op_type]:
+            return entry
+    raise ConfigError("compression", f"the template has no threshold_pruning entry for types ['{op_type}']")
+
+
+def row_config(template: dict[str, Any], row: RecipeRow) -> dict[str, Any]:
+    """The template with the row's pruning targets and k-means bits filled in."""
+    config = copy.deepcopy(template)
+    compression = config.get("compression")
+    if not isinstance(compression, list):
+        raise ConfigError("compression", "the template needs a 'compression' list")
+    for op_type, q in (("conv2d", row.conv_q), ("linear", row.fc_q)):
+        threshold = _pruning_entry(compression, op_type)["threshold"]
+        if not isinstance(threshold, dict) or "target" not in threshold:
+            raise ConfigError(
+                "compression.threshold", "the template's thresholds must be ramps with a 'target'"
+            )
+        threshold["target"] = q
+    kmeans = [e for e in compression if e.get("algorithm") == "kmeans_quantization"]
+    if len(kmeans) != 1:
+        raise ConfigError("compression", "the template needs exactly one kmeans_quantization entry")
+    kmeans[0]["bits"] = row.bits
+    config["description"] = f"{template.get('description', '')} [demo row {row.name}]"
+    return config
+
+
+# -- NNCF's baseline ---------------------------------------------------------------------------------------
+class MagnitudePruningSchedule(pl.Callback):
+    """Steps NNCF's pruning scheduler at the start of every training epoch."""
+
+    def __init__(self, scheduler: ExponentialMagnitudePruningScheduler) -> None:
+        self.scheduler = scheduler
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.scheduler.step(trainer.current_epoch)
+
+
+def nncf_prune_int8(
+    base: nn.Module,
+    datamodule: RetrievalDataModule,
+    recipe: BaseRecipe,
+    ratio: float,
+    epochs: int,
+    ramp_epochs: int,
+    example: torch.Tensor,
+    **trainer_kwargs: Any,
+) -> nn.Module:
+    """NNCF's flow: global magnitude pruning ramped to ``ratio`` while fine-tuning, then int8 quantization."""
+    mode = nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL
+    initial = min(0.1, ratio / 2)
+    model = nncf.prune(copy.deepcopy(base), mode, ratio=initial, examples_inputs=example)
+    scheduler = ExponentialMagnitudePruningScheduler(
+        model, mode=mode, initial_ratio=initial, target_ratio=ratio, target_epoch=max(ramp_epochs - 1, 1)
+    )
+    train(
+        model, datamodule, recipe, epochs, callbacks=[MagnitudePruningSchedule(scheduler)], **trainer_kwargs
+    )
+    pruned = nncf.strip(model, do_copy=False, example_input=example)
+    calibration = nncf.Dataset(datamodule.init_dataloader(), lambda batch: batch[0])
+    return nncf.quantize(pruned, calibration, subset_size=300)
+
+
+# -- scoring -----------------------------------------------------------------------------------------------
+def fp32_bytes(model: nn.Module) -> int:
+    """Bytes of the uncompressed model's parameters and buffers (float32)."""
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+
+
+def score(
+    model: nn.Module,
+    name: str,
+    out_dir: Path,
+    example: torch.Tensor,
+    tests: dict[str, RevisitedData],
+    image_size: int,
+    base_bytes: int,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Archive + IR of ``model``, and the IR's mAP on every test set.
+
+    ``check`` compares IR and torch outputs (exact f32 run); NNCF's int8 activation quantizers round a few
+    values to the neighbouring level in OpenVINO, so its rows are scored by the IR's mAP alone.
+    """
+    model.eval()
+    archive = save_archive(model, out_dir / "archives" / f"{name}.dca")
+    exported = export_openvino(model, example, out_dir / "ir" / f"{name}.xml", check=check)
+    ir = OpenVINOModel(exported.xml_path, config=exact_config())
+    stats = nncf_ext.compression_statistic(model)
+    result: dict[str, Any] = {
+        "name": name,
+        "pruned": stats.sparsity,
+        "archive_bytes": archive.nbytes,
+        "ratio": base_bytes / archive.nbytes,
+        "ir_bin_bytes": exported.bin_bytes,
+        "parity_max_rel_error": exported.parity.max_rel if exported.parity else None,
+    }
+    for split, data in tests.items():
+        result[split] = evaluate(ir, data, image_size)
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.3f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """The paper's table for this run: drops are in mAP points (Medium) of the IR against the base IR."""
+    splits = result["test_sets"]
+    head = f"{'method':<34}{'threshold q':>12}{'pruned':>8}" + "".join(
+        f"{'drop ' + s[6:]:>13}" for s in splits
+    )
+    head += f"{'archive MB':>12}{'ratio':>8}{'IR .bin MB':>12}"
+    lines = [head, "-" * len(head)]
+    for row in [result["base"], *result["rows"]]:
+        cells = f"{row['method']:<34}{row.get('threshold', '-'):>12}{100 * row['pruned']:>7.1f}%"
+        cells += "".join(f"{row['drop'][s]:>+13.1f}" for s in splits)
+        cells += f"{_mb(row['archive_bytes']):>12}{row['ratio']:>7.1f}x{_mb(row['ir_bin_bytes']):>12}"
+        lines.append(cells)
+    base = result["base"]
+    lines.append(
+        "base mAP (Medium, IR): "
+        + ", ".join(f"{s} {100 * base[s][METRIC]:.1f}" for s in splits)
+        + "; untrained: "
+        + ", ".join(f"{s} {100 * result['untrained'][s][METRIC]:.1f}" for s in splits)
+    )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Size (archive bytes, log scale) versus mAP (Medium) of the IR, one panel per held-out set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = result["test_sets"]
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4.5), squeeze=False)
+    groups = {
+        "ours 8-bit": ("o", "tab:blue"),
+        "ours 5-bit": ("s", "tab:green"),
+        "NNCF magnitude pruning + int8": ("^", "tab:red"),
+        "fine-tuned FP32 (control)": ("D", "tab:gray"),
+    }
+    for ax, split in zip(axes[0], splits, strict=True):
+        for group, (marker, colour) in groups.items():
+            rows = sorted(
+                (r for r in result["rows"] if r["group"] == group), key=lambda r: r["archive_bytes"]
+            )
+            if rows:
+                ax.plot(
+                    [r["archive_bytes"] / 1e3 for r in rows],
+                    [100 * r[split][METRIC] for r in rows],
+                    marker=marker,
+                    color=colour,
+                    label=group,
+                )
+        base = result["base"]
+        ax.axhline(100 * base[split][METRIC], color="black", linestyle="--", linewidth=1, label="base FP32")
+        ax.scatter([base["archive_bytes"] / 1e3], [100 * base[split][METRIC]], marker="*", color="black")
+        ax.set_xscale("log")
+        ax.set_xlabel("stored size (KB, Deep Compression archive)")
+        ax.set_ylabel("mAP Medium of the OpenVINO IR (%)")
+        ax.set_title(f"held out: {split}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, read off the rows: best ratio at no drop / within 2 points on both sets, and
+    whether every NNCF point is beaten by one of ours that is no larger."""
+    ours = [r for r in result["rows"] if r["group"].startswith("ours")]
+    nncf_rows = [r for r in result["rows"] if r["group"].startswith("NNCF")]
+
+    def worst_drop(r: dict[str, Any]) -> float:
+        return max(r["drop"].values())
+
+    def best(limit: float) -> float:
+        return max((r["ratio"] for r in ours if worst_drop(r) <= limit), default=0.0)
+
+    def mean_map(r: dict[str, Any]) -> float:
+        return sum(r[s][METRIC] for s in result["test_sets"]) / len(result["test_sets"])
+
+    beaten = {
+        n["name"]: any(o["archive_bytes"] <= n["archive_bytes"] and mean_map(o) > mean_map(n) for o in ours)
+        for n in nncf_rows
+    }
+    return {
+        "best_ratio_no_drop": best(0.0),
+        "best_ratio_within_2_points": best(2.0),
+        "nncf_points_beaten_at_equal_or_smaller_size": beaten,
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+def run(
+    settings: DemoSettings | None = None,
+    output_dir: str | Path = "outputs/demo",
+    template: str | Path | None = None,
+    data_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the demo; writes ``demo.json``, ``size_vs_map.png``, the row configs, archives and IRs."""
+    settings = settings or DemoSettings()
+    template_path = Path(template) if template is not None else TEMPLATE
+    template_dict = json.loads(template_path.read_text())
+    configs = {row.name: row_config(template_dict, row) for row in settings.rows}
+    for config in configs.values():
+        nncf_ext.load_config(config)  # every config is valid before anything trains
+        if any(
+            e.get("start_epoch", 0) >= settings.epochs for e in config["compression"] if "start_epoch" in e
+        ):
+            raise ConfigError(
+                "epochs", f"{settings.epochs} fine-tuning epochs end before quantization starts"
+            )
+    ramp_epochs = max(
+        e.get("start_epoch", 0) for c in configs.values() for e in c["compression"] if "start_epoch" in e
+    )
+    out = Path(output_dir)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    recipe = settings.recipe
+    paths = ensure_places_synth(data_root, settings.data)
+    datamodule = RetrievalDataModule(
+        paths[settings.train_set],
+        paths[settings.test_sets[0]],
+        image_size=recipe.image_size,
+        batch_size=recipe.batch_size,
+        num_negatives=recipe.num_negatives,
+        seed=recipe.seed,
+    )
+    tests = {s: load_revisited(paths[s]) for s in settings.test_sets}
+    trainer_kwargs = {"enable_progress_bar": settings.progress_bar, "limit_val_batches": 0}
+    example = torch.zeros(1, 3, recipe.image_size, recipe.image_size)
+
+    print(
+        f"[demo] base model: {recipe.arch} backbone, {recipe.image_size} px, trained on {settings.train_set}"
+    )
+    base = build_base(recipe, datamodule)
+    untrained = {s: evaluate(base, d, recipe.image_size) for s, d in tests.items()}
+    base_run = train(base, datamodule, recipe, **trainer_kwargs)
+    base_bytes = fp32_bytes(base)
+    result: dict[str, Any] = {
+        "settings": asdict(settings),
+        "template": str(template_path),
+        "test_sets": list(settings.test_sets),
+        "untrained": untrained,
+        "base_torch": {s: evaluate(base, d, recipe.image_size) for s, d in tests.items()},
+        "base_train_seconds": base_run["seconds"],
+        "fp32_bytes": base_bytes,
+        "parameters": sum(p.numel() for p in base.parameters()),
+    }
+    result["base"] = {
+        **score(base, "base_fp32", out, example, tests, recipe.image_size, base_bytes),
+        "method": "base FP32",
+        "group": "base",
+    }
+    tune = replace(recipe, lr=recipe.lr / 5)  # fine-tuning rate
+    rows: list[dict[str, Any]] = []
+
+    def finish(row: dict[str, Any]) -> None:
+        row["drop"] = {s: 100 * (result["base"][s][METRIC] - row[s][METRIC]) for s in settings.test_sets}
+        rows.append(row)
+        drops = ", ".join(f"{s} {d:+.1f}" for s, d in row["drop"].items())
+        print(f"[demo] {row['method']}: {100 * row['pruned']:.1f}% pruned, {row['ratio']:.1f}x, drop {drops}")
+
+    for row in settings.rows:
+        config_path = out / "configs" / f"{row.name}.json"
+        config_path.write_text(json.dumps(configs[row.name], indent=2))
+        model = copy.deepcopy(base)
+        callback = NNCFCompressionCallback(config_path, print_statistics=False)
+        train(model, datamodule, tune, settings.epochs, callbacks=[callback], **trainer_kwargs)
+        scored = score(model, row.name, out, example, tests, recipe.image_size, base_bytes)
+        group = f"ours {row.bits}-bit"
+        method = f"prune + L1, {row.bits}-bit k-means"
+        finish({**scored, "method": method, "group": group, "threshold": f"{row.conv_q:g}/{row.fc_q:g}"})
+    for ratio in settings.nncf_ratios:
+        model = nncf_prune_int8(
+            base, datamodule, tune, ratio, settings.epochs, ramp_epochs, example, **trainer_kwargs
+        )
+        name = f"nncf_prune{ratio:g}_int8"
+        scored = score(model, name, out, example, tests, recipe.image_size, base_bytes, check=False)
+        group = "NNCF magnitude pruning + int8"
+        finish({**scored, "method": f"NNCF prune {ratio:.0%} + int8", "group": group})
+    if settings.control:
+        model = copy.deepcopy(base)
+        train(model, datamodule, tune, settings.epochs, **trainer_kwargs)
+        scored = score(model, "fine_tuned_fp32", out, example, tests, recipe.image_size, base_bytes)
+        finish({**scored, "method": "fine-tuned FP32 (control)", "group": "fine-tuned FP32 (control)"})
+    result["base"]["drop"] = {s: 0.0 for s in settings.test_sets}
+    result["rows"] = rows
+    result["targets"] = targets(result)
+    result["seconds"] = time.perf_counter() - start
+    print(table(result))
+    print(json.dumps(result["targets"], indent=1))
+    plot(result, out / "size_vs_map.png")
+    (out / "demo.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"[demo] {result['seconds'] / 60:.1f} min; wrote {out / 'demo.json'} and {out / 'size_vs_map.png'}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output-dir", default="outputs/demo")
+    parser.add_argument("--config", help="recipe template (default: examples/configs/place_recognition.json)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    settings = DemoSettings(recipe=replace(BaseRecipe(), seed=args.seed))
+    run(settings, args.output_dir, args.config)

@@ -1,0 +1,75 @@
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import nncf_ext
+from lightning_modules.data.places_synth import SynthConfig
+from lightning_modules.retrieval.demo import TEMPLATE, DemoSettings, RecipeRow, row_config, run
+from lightning_modules.retrieval.recipe import BaseRecipe
+from nncf_ext.cli import main
+from nncf_ext.errors import ConfigError
+
+TINY = SynthConfig(
+    num_places=6, easy_views=2, hard_views=1, junk_views=1, distractors=6, image_size=48, query_size=64
+)
+
+
+def test_row_config_fills_the_template() -> None:
+    template = json.loads(TEMPLATE.read_text())
+    config = row_config(template, RecipeRow(0.75, 2.5, 5))
+    by_type = {
+        e["target_scope"]["types"][0]: e["threshold"]["target"]
+        for e in config["compression"]
+        if e["algorithm"] == "threshold_pruning"
+    }
+    assert by_type == {"conv2d": 0.75, "linear": 2.5}
+    assert [e["bits"] for e in config["compression"] if e["algorithm"] == "kmeans_quantization"] == [5]
+    assert template["compression"][1]["threshold"]["target"] == 0.5  # the template itself is untouched
+    nncf_ext.load_config(config)
+
+
+def test_template_without_a_whitening_pruning_entry_is_refused(tmp_path: Path) -> None:
+    template = json.loads(TEMPLATE.read_text())
+    template["compression"] = [
+        e for e in template["compression"] if e.get("target_scope") != {"types": ["linear"]}
+    ]
+    with pytest.raises(ConfigError, match="linear"):
+        row_config(template, RecipeRow(0.5, 2.0, 8))
+    bad = tmp_path / "template.json"
+    bad.write_text(json.dumps(template))
+    assert main(["demo", "--config", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()  # refused before anything was trained or written
+
+
+def test_tiny_demo_writes_table_plot_archives_and_irs(tmp_path: Path) -> None:
+    recipe = replace(
+        BaseRecipe(), epochs=2, tuples_per_epoch=24, image_size=32, num_clusters=4, whitening_dim=16
+    )
+    settings = DemoSettings(
+        recipe=recipe,
+        data=TINY,
+        epochs=11,
+        rows=(RecipeRow(0.5, 2.0, 5),),
+        nncf_ratios=(0.8,),
+        control=False,
+        progress_bar=False,
+    )
+    result = run(settings, tmp_path / "out", data_root=tmp_path / "data")
+    out = tmp_path / "out"
+    assert (out / "size_vs_map.png").stat().st_size > 10_000
+    saved = json.loads((out / "demo.json").read_text())
+    assert [r["group"] for r in saved["rows"]] == ["ours 5-bit", "NNCF magnitude pruning + int8"]
+    ours, nncf_row = result["rows"]
+    # the ratio is measured on the archive file, and the IR of the base scores what the torch model scores
+    assert (out / "archives" / f"{ours['name']}.dca").stat().st_size == ours["archive_bytes"]
+    assert ours["ratio"] == pytest.approx(result["fp32_bytes"] / ours["archive_bytes"])
+    assert ours["ratio"] > 4 and 0.3 < ours["pruned"] < 1
+    assert nncf_row["pruned"] == pytest.approx(0.8, abs=0.02)
+    for split in settings.test_sets:
+        base_ir, base_torch = result["base"][split]["mAP_medium"], result["base_torch"][split]["mAP_medium"]
+        assert base_ir == pytest.approx(base_torch, abs=1e-3)
+        assert ours["drop"][split] == pytest.approx(100 * (base_ir - ours[split]["mAP_medium"]))
+    assert (out / "ir" / f"{ours['name']}.bin").stat().st_size == ours["ir_bin_bytes"]
+    assert json.loads((out / "configs" / f"{ours['name']}.json").read_text())["compression"][3]["bits"] == 5
