@@ -37,7 +37,8 @@ class NNCFCompressionCallback(pl.Callback):
     :param model_attr: attribute of the LightningModule holding the network whose ``forward`` the training
         step calls (default ``"model"``); ``None`` compresses the LightningModule itself.
     :param example_input: input for NNCF's graph; default: ``pl_module.example_input_array``, then the
-        config's ``input_info``.
+        config's ``input_info``. Activation quantizers take their initial ranges from it, so with
+        activation quantization give a representative batch of real inputs.
     :param loss_in_module: set when the LightningModule adds ``callback.pipeline.loss()`` to its own loss;
         then gradients are not injected (they would be counted twice).
     :param log_statistics: log sparsity, bits and sizes to the Trainer's loggers each epoch.

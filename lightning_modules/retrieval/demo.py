@@ -66,12 +66,12 @@ class DemoSettings:
     data: SynthConfig = field(default_factory=SynthConfig)
     epochs: int = 16  # fine-tuning epochs of every compressed model (and of the control)
     rows: tuple[RecipeRow, ...] = (
-        RecipeRow(0.25, 1.0, 8),
         RecipeRow(0.5, 1.5, 8),
         RecipeRow(0.5, 2.0, 8),
         RecipeRow(0.75, 2.5, 8),
-        RecipeRow(0.5, 2.0, 5),
         RecipeRow(0.75, 2.5, 5),
+        RecipeRow(1.0, 3.0, 5),
+        RecipeRow(1.25, 3.0, 4),
     )
     nncf_ratios: tuple[float, ...] = (0.8, 0.9, 0.95)  # nncf.prune target ratios (global magnitude)
     control: bool = True  # also fine-tune the uncompressed base for ``epochs``
@@ -134,7 +134,7 @@ def nncf_prune_int8(
     """NNCF's flow: global magnitude pruning ramped to ``ratio`` while fine-tuning, then int8 quantization."""
     mode = nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL
     initial = min(0.1, ratio / 2)
-    model = nncf.prune(copy.deepcopy(base), mode, ratio=initial, examples_inputs=example)
+    model = nncf.prune(copy.deepcopy(base).train(), mode, ratio=initial, examples_inputs=example)
     scheduler = ExponentialMagnitudePruningScheduler(
         model, mode=mode, initial_ratio=initial, target_ratio=ratio, target_epoch=max(ramp_epochs - 1, 1)
     )
@@ -225,6 +225,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     groups = {
         "ours 8-bit": ("o", "tab:blue"),
         "ours 5-bit": ("s", "tab:green"),
+        "ours 4-bit": ("v", "tab:purple"),
         "NNCF magnitude pruning + int8": ("^", "tab:red"),
         "fine-tuned FP32 (control)": ("D", "tab:gray"),
     }
@@ -355,7 +356,7 @@ def run(
     for row in settings.rows:
         config_path = out / "configs" / f"{row.name}.json"
         config_path.write_text(json.dumps(configs[row.name], indent=2))
-        model = copy.deepcopy(base)
+        model = copy.deepcopy(base).train()
         callback = NNCFCompressionCallback(config_path, print_statistics=False)
         train(model, datamodule, tune, settings.epochs, callbacks=[callback], **trainer_kwargs)
         scored = score(model, row.name, out, example, tests, recipe.image_size, base_bytes)
@@ -371,7 +372,7 @@ def run(
         group = "NNCF magnitude pruning + int8"
         finish({**scored, "method": f"NNCF prune {ratio:.0%} + int8", "group": group})
     if settings.control:
-        model = copy.deepcopy(base)
+        model = copy.deepcopy(base).train()
         train(model, datamodule, tune, settings.epochs, **trainer_kwargs)
         scored = score(model, "fine_tuned_fp32", out, example, tests, recipe.image_size, base_bytes)
         finish({**scored, "method": "fine-tuned FP32 (control)", "group": "fine-tuned FP32 (control)"})

@@ -1,0 +1,281 @@
+"""MQAT against uniform LSQ QAT and HAWQ-V3 at equal size (4x and 8x weight compression), side by side.
+
+    python -m benchmarks.mqat_pose --task pose --base outputs/pose_base.pt   # PoseNet: backbone / fpn / head
+    python -m benchmarks.mqat_pose --task retrieval                         # backbone / netvlad / whitening
+
+Every method starts from the same FP32 base and gets the same fine-tuning epochs with 8-bit activations:
+
+* uniform LSQ: every weight at 32 / target bits (8 at 4x, 4 at 8x), learnable step sizes (LSQ gradient scale);
+* HAWQ-V3: bits per module by the ILP from Hutchinson Hessian traces x quantization perturbation, all
+  modules quantized at once;
+* MQAT: bits per module by the ILP from the measured task-metric drop of quantizing each module alone,
+  modules quantized one per stage (least sensitive first), each stage fine-tuned.
+
+The pose base comes from ``examples/pose.py --checkpoint outputs/pose_base.pt``; the retrieval base is the
+demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+import nncf_ext
+from benchmarks.common import report
+from lightning_modules.callbacks import NNCFCompressionCallback
+from nncf_ext.model import model_weights
+from nncf_ext.mqat import ModuleSpec, hessian_sensitivity, measure_sensitivity, resolve_modules
+from nncf_ext.mqat.algo import module_bits
+from nncf_ext.scopes import Scope
+
+CANDIDATE_BITS = [2, 3, 4, 5, 6, 8]
+TARGETS = (4, 8)
+
+
+class TaskAdapter:
+    """What the comparison needs of a task: the base network, fine-tuning, scoring, a loss batch."""
+
+    name: ClassVar[str]
+    modules: ClassVar[dict[str, dict[str, list[str]]]]
+    metric: ClassVar[str]  # the main metric key (higher is better)
+    columns: ClassVar[tuple[str, ...]]  # metric keys printed in the table
+    example: torch.Tensor  # for NNCF's graph
+    calibration: torch.Tensor  # a batch of real inputs: activation quantizers take their ranges from it
+
+    def base(self) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    def sensitivity_metric(self, model: nn.Module) -> float:
+        """The task metric on a validation subset (not the test set)."""
+        raise NotImplementedError
+
+    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]:
+        raise NotImplementedError
+
+
+class RetrievalAdapter(TaskAdapter):
+    name = "retrieval"
+    modules: ClassVar[dict[str, dict[str, list[str]]]] = {
+        "backbone": {"names": ["backbone"]},
+        "netvlad": {"names": ["netvlad"]},
+        "whitening": {"names": ["whitening"]},
+    }
+    metric = "mAP_medium"
+    columns = ("mAP_easy", "mAP_medium", "mAP_hard")
+
+    def __init__(self) -> None:
+        from dataclasses import replace
+
+        from lightning_modules.data.places_synth import ensure_places_synth
+        from lightning_modules.data.revisited import load_revisited
+        from lightning_modules.retrieval.datamodule import RetrievalDataModule
+        from lightning_modules.retrieval.recipe import BaseRecipe
+
+        self.recipe = BaseRecipe()
+        self.tune = replace(self.recipe, lr=self.recipe.lr / 5)
+        paths = ensure_places_synth()
+        r = self.recipe
+        self.dm = RetrievalDataModule(
+            paths["synth_train"], paths["synth_oxford"], image_size=r.image_size, batch_size=r.batch_size,
+            num_negatives=r.num_negatives, seed=r.seed,
+        )  # fmt: skip
+        self.validation = load_revisited(paths["synth_paris"])
+        self.example = torch.zeros(1, 3, r.image_size, r.image_size)
+        self.calibration = next(iter(self.dm.init_dataloader()))[0][:64]
+
+    def base(self) -> nn.Module:
+        from lightning_modules.retrieval.recipe import build_base, train
+
+        model = build_base(self.recipe, self.dm)
+        train(model, self.dm, self.recipe, limit_val_batches=0)
+        return model
+
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None:
+        from lightning_modules.retrieval.recipe import train
+
+        train(model, self.dm, self.tune, epochs, callbacks=callbacks, limit_val_batches=0)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from lightning_modules.retrieval.evaluation import evaluate
+
+        return evaluate(model, self.dm.val_data, self.recipe.image_size)
+
+    def sensitivity_metric(self, model: nn.Module) -> float:
+        from lightning_modules.retrieval.evaluation import evaluate
+
+        return evaluate(model, self.validation, self.recipe.image_size, protocols=("medium",))["mAP_medium"]
+
+    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]:
+        from lightning_modules.retrieval.losses import TripletLoss
+
+        images, _ = next(iter(self.dm.train_dataloader()))
+        loss = TripletLoss(0.1)
+
+        def fn() -> torch.Tensor:
+            b, t = images.shape[:2]
+            return loss(model(images.flatten(0, 1)).view(b, t, -1))
+
+        return fn
+
+
+class PoseAdapter(TaskAdapter):
+    name = "pose"
+    modules: ClassVar[dict[str, dict[str, list[str]]]] = {
+        "backbone": {"names": ["backbone"]}, "fpn": {"names": ["fpn"]}, "head": {"names": ["head"]}
+    }  # fmt: skip
+    metric = "add_0.1d"
+    columns = ("add_0.1d", "add_0.1d_near", "add_0.1d_medium", "add_0.1d_far")
+
+    def __init__(self, checkpoint: Path, train_limit: int | None) -> None:
+        from lightning_modules.data.bop import BopEvalDataset
+        from lightning_modules.data.pose_synth import SynthConfig, pose_synth
+        from lightning_modules.pose.run import TrainConfig, data_loaders
+
+        self.root = pose_synth(SynthConfig())
+        self.cfg = TrainConfig(train_limit=train_limit)
+        self.train_loader, self.test_loader, _ = data_loaders(self.root, self.cfg)
+        validation = BopEvalDataset(self.root, "train")
+        subset = torch.utils.data.Subset(validation, range(len(validation) - 300, len(validation)))
+        self.val_loader = torch.utils.data.DataLoader(
+            subset, batch_size=32, collate_fn=BopEvalDataset.collate
+        )
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        self.hparams, self.state = payload["hparams"], payload["state_dict"]
+        self.example = torch.zeros(1, 3, 128, 128)
+        self.calibration = next(iter(self.train_loader))["image"]
+
+    def _module(self, model: nn.Module) -> Any:
+        from lightning_modules.pose.module import PoseModule
+
+        module = PoseModule(**{**self.hparams, "lr": self.hparams.get("lr", 3e-3) / 5})
+        module.model = model
+        return module
+
+    def base(self) -> nn.Module:
+        from lightning_modules.pose.module import PoseModule
+
+        module = PoseModule(**self.hparams)
+        module.model.load_state_dict(self.state)
+        return module.model
+
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None:
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=callbacks)  # fmt: skip
+        trainer.fit(self._module(model), self.train_loader)
+
+    def _score(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        from lightning_modules.pose.run import evaluate
+
+        return evaluate(self._module(model), loader)[0]
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self._score(model, self.test_loader)
+
+    def sensitivity_metric(self, model: nn.Module) -> float:
+        return self._score(model, self.val_loader)["add_0.1d"]
+
+    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]:
+        batch = next(iter(self.train_loader))
+        module = self._module(model)
+        return lambda: module.compute_loss(batch)["loss"]
+
+
+def weight_size(model: nn.Module) -> tuple[int, int]:
+    """(FP32 bytes, quantized bytes) of the weights that carry quantizers."""
+    stats = nncf_ext.compression_statistic(model)
+    fp32 = sum(layer.params * 4 for layer in stats.layers)
+    quantized = sum(layer.params * layer.bits for layer in stats.layers) // 8
+    return fp32, quantized
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", choices=("pose", "retrieval"), default="pose")
+    parser.add_argument(
+        "--base", type=Path, default=Path("outputs/pose_base.pt"), help="pose base checkpoint"
+    )
+    parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs of every method")
+    parser.add_argument("--train-limit", type=int, default=None, help="pose: training images per epoch")
+    args = parser.parse_args()
+    pl.seed_everything(0, verbose=False)
+    task: TaskAdapter = (
+        RetrievalAdapter() if args.task == "retrieval" else PoseAdapter(args.base, args.train_limit)
+    )
+    work = Path("outputs") / "benchmarks" / f"mqat_{task.name}"
+    work.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    base = task.base()
+    results: dict[str, Any] = {"task": task.name, "epochs": args.epochs, "methods": []}
+    fp32 = task.evaluate(base)
+    results["methods"].append({"method": "FP32", "target": 1, "bits": {}, "ratio": 1.0, "metrics": fp32})
+
+    weights = model_weights(base, task.example)
+    modules = resolve_modules(ModuleSpec.from_config(task.modules, "modules"), weights, Scope(), "modules")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    measure_sensitivity(base, modules, CANDIDATE_BITS, lambda: task.sensitivity_metric(base),
+                        cache=work / "sensitivity_metric.json")  # fmt: skip
+    timings["metric_sensitivity_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    hessian_sensitivity(base, modules, CANDIDATE_BITS, task.loss_fn(base), samples=32,
+                        cache=work / "sensitivity_hessian.json")  # fmt: skip
+    timings["hessian_sensitivity_s"] = time.perf_counter() - t
+    stages = len(modules)
+    activations = {"bits": 8}
+    for target in TARGETS:
+        allocation = {"target_compression": target, "candidate_bits": CANDIDATE_BITS}
+        configs = {
+            "uniform LSQ": {"algorithm": "uniform_quantization", "weights": {"bits": 32 // target},
+                            "activations": activations, "lsq_gradient_scale": True},
+            "HAWQ-V3": {"algorithm": "mqat", "modules": task.modules, "order": "simultaneous",
+                        "allocation": {**allocation, "sensitivity": str(work / "sensitivity_hessian.json")},
+                        "activations": activations, "epochs_per_stage": args.epochs},
+            "MQAT": {"algorithm": "mqat", "modules": task.modules, "order": "sensitivity",
+                     "allocation": {**allocation, "sensitivity": str(work / "sensitivity_metric.json")},
+                     "activations": activations, "epochs_per_stage": max(args.epochs // stages, 1)},
+        }  # fmt: skip
+        for method, entry in configs.items():
+            model = copy.deepcopy(base).train()
+            callback = NNCFCompressionCallback({"compression": [entry]}, example_input=task.calibration,
+                                               print_statistics=False)  # fmt: skip
+            t = time.perf_counter()
+            task.fit(model, args.epochs, [callback])
+            seconds = time.perf_counter() - t
+            assert callback.pipeline is not None
+            algorithm = callback.pipeline.algorithms[0]
+            bits = module_bits(algorithm) if entry["algorithm"] == "mqat" else {"all": 32 // target}
+            full, quantized = weight_size(model)
+            metrics = task.evaluate(model)
+            results["methods"].append(
+                {"method": method, "target": target, "bits": bits, "ratio": full / quantized,
+                 "metrics": metrics, "seconds": seconds}
+            )  # fmt: skip
+            print(f"{method} at {target}x: bits {bits}, {task.metric} {metrics[task.metric]:.4f}", flush=True)
+    results["timings"] = {**timings, "total_s": time.perf_counter() - start}
+    header = ["method", "target", "bits", "ratio", *task.columns]
+    rows = [[m["method"], f"{m['target']}x", " ".join(f"{k}:{v}" for k, v in m["bits"].items()) or "32",
+             f"{m['ratio']:.2f}x", *(f"{100 * m['metrics'][c]:.1f}" for c in task.columns)]
+            for m in results["methods"]]  # fmt: skip
+    report(f"mqat_{task.name}", header, rows, results)
+
+
+if __name__ == "__main__":
+    main()
