@@ -225,7 +225,7 @@ class MQAT(CompressionAlgorithm):
             missing = [b for b in allocation.candidate_bits if b not in self.table.costs[m]]
             if missing:
                 raise ConfigError(f"{path}.sensitivity", f"module '{m}' was not measured at {missing} bits")
-            costs[m] = {b: self.table.costs[m][b] for b in allocation.candidate_bits}
+            costs[m] = allocation_costs({b: self.table.costs[m][b] for b in allocation.candidate_bits})
         for group in allocation.ties:
             for m in group:
                 if m not in self.modules:
@@ -320,6 +320,23 @@ class MQAT(CompressionAlgorithm):
             stage.load_state_dict(state["stages"][module])
         if self.config.freeze_quantized and self.epoch >= 0:
             self._freeze(self.epoch)
+
+
+def allocation_costs(measured: dict[int, float]) -> dict[int, float]:
+    """ILP costs from one module's measured sensitivities: measurement noise removed, ties to more bits.
+
+    A measured drop below zero is evaluation noise, and more bits never cost more than fewer (the cost at
+    ``b`` is at most the cost at any smaller width); among equal costs the ILP then takes the wider format
+    (a tie-break far below any measured difference), so spare budget is spent, not left unused.
+    """
+    bits = sorted(measured)
+    costs: dict[int, float] = {}
+    running = float("inf")
+    for b in bits:
+        running = min(running, max(measured[b], 0.0))
+        costs[b] = running
+    scale = 1e-9 * (1.0 + max(costs.values()))
+    return {b: c + scale * (bits[-1] - b) for b, c in costs.items()}
 
 
 def module_bits(algorithm: MQAT) -> dict[str, int]:

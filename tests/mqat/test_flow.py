@@ -11,7 +11,7 @@ from nncf.torch.quantization.layers import BaseQuantizer
 import nncf_ext
 from nncf_ext.errors import ConfigError
 from nncf_ext.hooks import hooks_of_type
-from nncf_ext.mqat.algo import MQAT, module_bits
+from nncf_ext.mqat.algo import MQAT, allocation_costs, module_bits
 from nncf_ext.mqat.sensitivity import SensitivityTable
 from tests.mqat.models import ModularNet
 
@@ -90,13 +90,20 @@ def test_allocation_from_a_sensitivity_table(tmp_path: Path) -> None:
     best = min(sum(table.costs[m][b] for m, b in f.items()) for f in feasible)
     assert sum(table.costs[m][b] for m, b in bits.items()) == best
     assert sum(sizes[m] * b for m, b in bits.items()) <= budget
-    assert bits == {"fpn": 4, "backbone": 4, "head": 8}
+    assert bits == {"fpn": 8, "backbone": 4, "head": 8}  # fpn costs 0 at 4 and 8 bits: spare budget is spent
+
     assert next(iter(bits)) == "fpn"  # least sensitive at its bits: quantized first
     with pytest.raises(ConfigError, match="smallest reachable") as info:
         nncf_ext.create_compression(
             ModularNet(), mqat(allocation={**allocation, "target_compression": 40}), X
         )
     assert info.value.path == "compression[0].allocation.target_compression"
+
+
+def test_allocation_costs_remove_noise_and_prefer_wider_formats() -> None:
+    costs = allocation_costs({2: 0.3, 4: -0.01, 6: 0.02, 8: 0.0})
+    assert costs[2] == pytest.approx(0.3) and all(costs[b] == pytest.approx(0.0, abs=1e-6) for b in (4, 6, 8))
+    assert costs[2] > costs[4] > costs[6] > costs[8]  # never more for more bits; ties go to more bits
 
 
 def test_exported_ir_carries_the_chosen_precisions(tmp_path: Path) -> None:
