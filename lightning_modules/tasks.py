@@ -47,7 +47,6 @@ def _toy_data(
     return ToyDataModule(batch_size=batch_size or 64, seed=seed)
 
 
-
 def _retrieval_module(
     arch: str = "small",
     widths: tuple[int, ...] | list[int] = (16, 32, 64, 64),

@@ -8,10 +8,13 @@ The public API, named the way NNCF names its own::
 """
 
 import os
+import sys
 
 # NNCF compiles its quantization kernels on first use and gives up after 60 s; on a busy 2-core machine the
-# compile can take longer. A user's own setting wins.
+# compile can take longer. The kernels are built per environment (torch's default cache is shared by every
+# checkout, whose different include paths then rebuild each other's). A user's own settings win.
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "300")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 from nncf_ext.config import CompressionConfig, InputInfo, load_config
 from nncf_ext.errors import (

@@ -18,7 +18,10 @@ def test_demo_prints_statistics_table(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_bad_config_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"compression": {"algorithm": "pruning"}}')
-    assert main(["demo", "--task", "toy", "--epochs", "1", "--config", str(bad), "--output-dir", str(tmp_path)]) == 2
+    assert (
+        main(["demo", "--task", "toy", "--epochs", "1", "--config", str(bad), "--output-dir", str(tmp_path)])
+        == 2
+    )
     assert "compression.algorithm" in capsys.readouterr().err
 
 

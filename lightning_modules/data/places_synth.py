@@ -34,7 +34,8 @@ from lightning_modules.data.cache import data_root
 GENERATOR_VERSION = 3
 DATASETS = {"synth_oxford": 1, "synth_paris": 2, "synth_train": 3}
 """Dataset name -> seed of the embedded datasets: two test sets named for the paper's, and a training set
-with places of its own (NetVLAD's role for Pittsburgh), so the demo scores every model on two held-out sets."""
+with places of its own (Pittsburgh's role for NetVLAD), so the demo scores every model on two held-out
+sets."""
 
 WALLS = np.array(
     [[222, 205, 170], [190, 190, 185], [170, 85, 60], [215, 180, 120], [240, 238, 228], [150, 110, 80],

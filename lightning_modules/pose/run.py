@@ -23,7 +23,7 @@ from lightning_modules.pose.module import PoseModule
 class TrainConfig:
     """What ``train_base`` runs; ``module`` holds extra ``PoseModule`` arguments."""
 
-    epochs: int = 6
+    epochs: int = 20
     batch_size: int = 32
     train_limit: int | None = None  # use only the first N training images
     test_limit: int | None = None

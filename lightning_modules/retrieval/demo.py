@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import nncf
 import pytorch_lightning as pl
 import torch
+from nncf.torch.function_hook.pruning.magnitude.algo import get_pruned_modules
 from nncf.torch.function_hook.pruning.magnitude.schedulers import ExponentialMagnitudePruningScheduler
 from torch import nn
 
@@ -39,6 +40,7 @@ from nncf_ext.errors import ConfigError
 from nncf_ext.export import export_openvino, save_archive
 from nncf_ext.export.openvino import exact_config
 from nncf_ext.export.runtime import OpenVINOModel
+from nncf_ext.model import get_weight, unwrap_model
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "examples" / "configs" / "place_recognition.json"
 METRIC = "mAP_medium"
@@ -131,7 +133,7 @@ def nncf_prune_int8(
     example: torch.Tensor,
     **trainer_kwargs: Any,
 ) -> nn.Module:
-    """NNCF's flow: global magnitude pruning ramped to ``ratio`` while fine-tuning, then int8 quantization."""
+    """``nncf.prune`` (global magnitude) ramped to ``ratio`` while fine-tuning, then int8 weights."""
     mode = nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL
     initial = min(0.1, ratio / 2)
     model = nncf.prune(copy.deepcopy(base).train(), mode, ratio=initial, examples_inputs=example)
@@ -141,9 +143,15 @@ def nncf_prune_int8(
     train(
         model, datamodule, recipe, epochs, callbacks=[MagnitudePruningSchedule(scheduler)], **trainer_kwargs
     )
-    pruned = nncf.strip(model, do_copy=False, example_input=example)
-    calibration = nncf.Dataset(datamodule.init_dataloader(), lambda batch: batch[0])
-    return nncf.quantize(pruned, calibration, subset_size=300)
+    for name, mask in get_pruned_modules(model).items():  # masks into the weights, then unwrapped
+        get_weight(model, name).data.mul_(mask.binary_mask)
+    unwrap_model(model)
+    # int8 weights on NNCF's SymmetricQuantizer (per channel, zero stays zero): the counterpart of the
+    # recipe's weight-only codebooks. nncf.quantize's int8 activations inside NetVLAD's aggregation cost
+    # this network about 12 mAP points (0.50 -> 0.37 on synth_oxford), far more than the weights do.
+    int8 = {"compression": [{"algorithm": "uniform_quantization", "weights": {"bits": 8}}]}
+    nncf_ext.create_compression(model, int8, example)
+    return model
 
 
 # -- scoring -----------------------------------------------------------------------------------------------
@@ -160,16 +168,11 @@ def score(
     tests: dict[str, RevisitedData],
     image_size: int,
     base_bytes: int,
-    check: bool = True,
 ) -> dict[str, Any]:
-    """Archive + IR of ``model``, and the IR's mAP on every test set.
-
-    ``check`` compares IR and torch outputs (exact f32 run); NNCF's int8 activation quantizers round a few
-    values to the neighbouring level in OpenVINO, so its rows are scored by the IR's mAP alone.
-    """
+    """Archive + IR of ``model`` (parity-checked against torch), and the IR's mAP on every test set."""
     model.eval()
     archive = save_archive(model, out_dir / "archives" / f"{name}.dca")
-    exported = export_openvino(model, example, out_dir / "ir" / f"{name}.xml", check=check)
+    exported = export_openvino(model, example, out_dir / "ir" / f"{name}.xml")
     ir = OpenVINOModel(exported.xml_path, config=exact_config())
     stats = nncf_ext.compression_statistic(model)
     result: dict[str, Any] = {
@@ -226,7 +229,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         "ours 8-bit": ("o", "tab:blue"),
         "ours 5-bit": ("s", "tab:green"),
         "ours 4-bit": ("v", "tab:purple"),
-        "NNCF magnitude pruning + int8": ("^", "tab:red"),
+        "NNCF magnitude pruning + int8 weights": ("^", "tab:red"),
         "fine-tuned FP32 (control)": ("D", "tab:gray"),
     }
     for ax, split in zip(axes[0], splits, strict=True):
@@ -265,8 +268,11 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     def worst_drop(r: dict[str, Any]) -> float:
         return max(r["drop"].values())
 
-    def best(limit: float) -> float:
-        return max((r["ratio"] for r in ours if worst_drop(r) <= limit), default=0.0)
+    def mean_drop(r: dict[str, Any]) -> float:
+        return sum(r["drop"].values()) / len(r["drop"])
+
+    def best(limit: float, drop: Callable[[dict[str, Any]], float] = worst_drop) -> float:
+        return max((r["ratio"] for r in ours if drop(r) <= limit), default=0.0)
 
     def mean_map(r: dict[str, Any]) -> float:
         return sum(r[s][METRIC] for s in result["test_sets"]) / len(result["test_sets"])
@@ -276,8 +282,10 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         for n in nncf_rows
     }
     return {
-        "best_ratio_no_drop": best(0.0),
+        "best_ratio_no_drop": best(0.0),  # on each held-out set
         "best_ratio_within_2_points": best(2.0),
+        "best_ratio_no_drop_on_mean": best(0.0, mean_drop),  # on the mean of the two sets
+        "best_ratio_within_2_points_on_mean": best(2.0, mean_drop),
         "nncf_points_beaten_at_equal_or_smaller_size": beaten,
     }
 
@@ -364,13 +372,13 @@ def run(
         method = f"prune + L1, {row.bits}-bit k-means"
         finish({**scored, "method": method, "group": group, "threshold": f"{row.conv_q:g}/{row.fc_q:g}"})
     for ratio in settings.nncf_ratios:
-        model = nncf_prune_int8(
+        pruned = nncf_prune_int8(
             base, datamodule, tune, ratio, settings.epochs, ramp_epochs, example, **trainer_kwargs
         )
         name = f"nncf_prune{ratio:g}_int8"
-        scored = score(model, name, out, example, tests, recipe.image_size, base_bytes, check=False)
-        group = "NNCF magnitude pruning + int8"
-        finish({**scored, "method": f"NNCF prune {ratio:.0%} + int8", "group": group})
+        scored = score(pruned, name, out, example, tests, recipe.image_size, base_bytes)
+        group = "NNCF magnitude pruning + int8 weights"
+        finish({**scored, "method": f"nncf.prune {ratio:.0%} + int8 weights", "group": group})
     if settings.control:
         model = copy.deepcopy(base).train()
         train(model, datamodule, tune, settings.epochs, **trainer_kwargs)

@@ -101,6 +101,9 @@ class TorchFakeQuantize(nn.Module):
             axis = wide[0] if wide else 0
         return cls(scale, zero_point, int(level_low), int(level_high), axis)
 
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_min == self.quant_max:
             return x

@@ -60,7 +60,7 @@ def test_tiny_demo_writes_table_plot_archives_and_irs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert (out / "size_vs_map.png").stat().st_size > 10_000
     saved = json.loads((out / "demo.json").read_text())
-    assert [r["group"] for r in saved["rows"]] == ["ours 5-bit", "NNCF magnitude pruning + int8"]
+    assert [r["group"] for r in saved["rows"]] == ["ours 5-bit", "NNCF magnitude pruning + int8 weights"]
     ours, nncf_row = result["rows"]
     # the ratio is measured on the archive file, and the IR of the base scores what the torch model scores
     assert (out / "archives" / f"{ours['name']}.dca").stat().st_size == ours["archive_bytes"]
