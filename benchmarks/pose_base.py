@@ -28,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--train-limit", type=int, help="use only the first N training images")
+    parser.add_argument("--checkpoint", help="also save the trained model here (for benchmarks.mqat_pose)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -80,6 +81,9 @@ def main() -> None:
         "meets_time_target": result["train_seconds"] <= target["train_seconds_max"],
     }
     report("pose_base", header, rows, summary)
+    if args.checkpoint:
+        state = {"hparams": dict(module.hparams), "state_dict": module.model.state_dict()}
+        torch.save(state, args.checkpoint)
 
 
 if __name__ == "__main__":
