@@ -22,7 +22,7 @@ import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import pytorch_lightning as pl
 import torch
@@ -40,7 +40,7 @@ CANDIDATE_BITS = [2, 3, 4, 5, 6, 8]
 TARGETS = (4, 8)
 
 
-class TaskAdapter:
+class TaskAdapter(Protocol):
     """What the comparison needs of a task: the base network, fine-tuning, scoring, a loss batch."""
 
     name: ClassVar[str]
@@ -50,24 +50,20 @@ class TaskAdapter:
     example: torch.Tensor  # for NNCF's graph
     calibration: torch.Tensor  # a batch of real inputs: activation quantizers take their ranges from it
 
-    def base(self) -> nn.Module:
-        raise NotImplementedError
+    def base(self) -> nn.Module: ...
 
-    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None:
-        raise NotImplementedError
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None: ...
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        raise NotImplementedError
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
     def sensitivity_metric(self, model: nn.Module) -> float:
         """The task metric on a validation subset (not the test set)."""
-        raise NotImplementedError
+        ...
 
-    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]:
-        raise NotImplementedError
+    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]: ...
 
 
-class RetrievalAdapter(TaskAdapter):
+class RetrievalAdapter:
     name = "retrieval"
     modules: ClassVar[dict[str, dict[str, list[str]]]] = {
         "backbone": {"names": ["backbone"]},
@@ -132,7 +128,7 @@ class RetrievalAdapter(TaskAdapter):
         return fn
 
 
-class PoseAdapter(TaskAdapter):
+class PoseAdapter:
     name = "pose"
     modules: ClassVar[dict[str, dict[str, list[str]]]] = {
         "backbone": {"names": ["backbone"]}, "fpn": {"names": ["fpn"]}, "head": {"names": ["head"]}
