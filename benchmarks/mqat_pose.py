@@ -216,6 +216,8 @@ def main() -> None:
     )
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}"
     work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("sensitivity_*.json"):  # tables of an earlier base must not be reused
+        stale.unlink()
 
     start = time.perf_counter()
     base = task.base()
