@@ -335,7 +335,7 @@ def allocation_costs(measured: dict[int, float]) -> dict[int, float]:
     for b in bits:
         running = min(running, max(measured[b], 0.0))
         costs[b] = running
-    scale = 1e-9 * (1.0 + max(costs.values()))
+    scale = 1e-6 * max(max(costs.values()), 1e-3)  # above the MILP solver's tolerances, below any real gap
     return {b: c + scale * (bits[-1] - b) for b, c in costs.items()}
 
 

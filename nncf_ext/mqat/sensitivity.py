@@ -179,7 +179,9 @@ def hessian_sensitivity(
             for w in weights:
                 param = get_weight(model, w.name).detach()
                 perturbation += float((quantized_weight(param, bits) - param).pow(2).sum())
-            costs[name][bits] = traces[name] / n * perturbation
+            # |trace|: near a minimum of a hinge-type loss (triplet) the estimate can come out negative,
+            # which would rank the coarsest quantization best; the magnitude keeps the curvature ranking
+            costs[name][bits] = abs(traces[name]) / n * perturbation
     table = SensitivityTable("hessian", float(loss_fn().detach()), costs)
     if cache is not None:
         table.save(cache)

@@ -52,6 +52,10 @@ def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Pat
 
     hawq = hessian_sensitivity(model, modules, BITS, loss, samples=16)
     assert hawq.order()[-1] == "fpn"
+    # a concave loss has a negative Hessian trace: its magnitude still ranks the same module most sensitive
+    concave = hessian_sensitivity(model, modules, BITS, lambda: -loss(), samples=16)
+    assert concave.order()[-1] == "fpn"
+    assert all(c >= 0 for per in concave.costs.values() for c in per.values())
     assert hawq.costs["fpn"][2] > 100 * max(hawq.costs["backbone"][2], hawq.costs["head"][2])
     # the cache is used when method, modules and bits match
     cached = measure_sensitivity(model, modules, BITS, lambda: 1 / 0, cache=tmp_path / "s.json")
