@@ -100,9 +100,10 @@ class PoseModule(pl.LightningModule):
             aggregation=self.hparams["aggregation"],
         )
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def score_batch(self, metric: PoseAccuracy, batch: dict[str, Any]) -> None:
+        """Predict the poses of an evaluation batch (``BopEvalDataset.collate``) and update ``metric``."""
         est = self.predict_poses(batch["image"], batch["label"], batch["K"])
-        self.val_metric.update(
+        metric.update(
             est.R,
             est.t,
             batch["R"],
@@ -112,6 +113,9 @@ class PoseModule(pl.LightningModule):
             batch["symmetric"],
             est.detected,
         )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.score_batch(self.val_metric, batch)
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metric.compute()

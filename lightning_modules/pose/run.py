@@ -83,17 +83,7 @@ def evaluate(module: PoseModule, loader: DataLoader) -> tuple[dict[str, float], 
     metric = PoseAccuracy(module.hparams["thresholds"])
     count, start = 0, time.perf_counter()
     for batch in loader:
-        est = module.predict_poses(batch["image"], batch["label"], batch["K"])
-        metric.update(
-            est.R,
-            est.t,
-            batch["R"],
-            batch["t"],
-            batch["points"],
-            batch["diameter"],
-            batch["symmetric"],
-            est.detected,
-        )
+        module.score_batch(metric, batch)
         count += len(batch["label"])
     seconds = (time.perf_counter() - start) / max(count, 1)
     return {k: float(v) for k, v in metric.compute().items()}, seconds
