@@ -163,3 +163,25 @@ def test_uncompressed_model_exports_too(tmp_path: Path, example_input: torch.Ten
     result = nncf_ext.export_openvino(model, example_input, tmp_path / "plain.xml")
     assert result.weights == {} and result.parity is not None and result.parity.ok
     assert np.isclose(result.bin_bytes, sum(p.numel() * 4 for p in model.parameters()) + 16 * 4, rtol=0.05)
+
+
+def test_per_channel_activation_quantizer_exports_with_its_channel_ranges(tmp_path: Path) -> None:
+    from nncf.torch.function_hook import register_pre_function_hook, wrap_model
+
+    from nncf_ext.quantizers import make_quantizer, set_range
+
+    torch.manual_seed(0)
+    model = wrap_model(TinyNet().eval())
+    quantizer = make_quantizer(8, "symmetric", (1, 8, 1, 1), signed=True, is_weights=False)
+    highs = torch.linspace(0.05, 2.0, 8)  # a per-tensor export (one range for all channels) fails parity
+    set_range(quantizer, -highs, highs)
+    register_pre_function_hook(model, op_name="features/3/conv2d/0", port_id=0, hook=quantizer)
+    x = torch.randn(2, 3, 12, 12)
+    result = nncf_ext.export_openvino(model, x, tmp_path / "model.xml")
+    assert result.parity is not None and result.parity.max_rel < 1e-3
+    fq = [
+        op for op in ov.Core().read_model(result.xml_path).get_ops() if op.get_type_name() == "FakeQuantize"
+    ]
+    assert len(fq) == 1
+    high = fq[0].input_value(2).get_node().get_data()
+    assert high.size == 8 and len(np.unique(np.round(high, 4))) == 8
