@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -394,17 +394,3 @@ def run(
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"[demo] {result['seconds'] / 60:.1f} min; wrote {out / 'demo.json'} and {out / 'size_vs_map.png'}")
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--config", help="recipe template (default: examples/configs/place_recognition.json)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    settings = DemoSettings(recipe=replace(BaseRecipe(), seed=args.seed))
-    run(settings, args.output_dir, args.config)
