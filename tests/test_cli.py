@@ -133,3 +133,29 @@ def test_export_and_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert {("torch eager fp32", 1), ("openvino fp32 IR", 4), ("openvino compressed IR", 4)} <= variants
     sizes = {t["variant"]: t["size_bytes"] for t in result["timings"]}
     assert sizes["openvino compressed IR"] < 0.2 * sizes["openvino fp32 IR"]
+
+
+def test_retrieval_task_compresses_and_rebuilds_its_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_modules.data.places_synth import SynthConfig, generate_places
+
+    tiny = SynthConfig(num_places=6, easy_views=2, hard_views=1, junk_views=1, distractors=6, image_size=48)
+    for name, seed in (("train", 1), ("test", 2)):
+        generate_places(tmp_path / name, name, seed, tiny)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"compression": [{"algorithm": "kmeans_quantization", "bits": 3}]}))
+    out = tmp_path / "out"
+    data = f"{tmp_path / 'train'},{tmp_path / 'test'}"
+    args = ["compress", "--task", "retrieval", "--config", str(config), "--epochs", "1", "--data", data]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["stats", str(out / "compressed.pt"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert {layer["name"] for layer in stats["layers"]} >= {"whitening.weight", "netvlad.conv.weight"}
+    assert all(layer["bits"] == 3 for layer in stats["layers"])
+    assert main(["export", str(out / "compressed.pt"), "--output", str(out / "model.xml")]) == 0
+    assert (out / "model.bin").exists()
+    bad = [*args[:-2], "--data", str(tmp_path / "train"), "--output-dir", str(tmp_path / "bad")]
+    assert main(bad) == 2
+    assert "TRAIN_DIR,TEST_DIR" in capsys.readouterr().err
