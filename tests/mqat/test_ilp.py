@@ -63,3 +63,34 @@ def test_lower_sensitivity_gets_fewer_bits() -> None:
     sens = {"robust": {2: 0.1, 4: 0.05, 8: 0.0}, "fragile": {2: 10.0, 4: 1.0, 8: 0.0}}
     sizes = {"robust": 1000, "fragile": 1000}
     assert allocate_bits(sens, sizes, budget_bits=1000 * 10) == {"robust": 2, "fragile": 8}
+
+
+def knapsack_optimum(sens, sizes, budget: int) -> float:  # type: ignore[no-untyped-def]
+    """Exact optimum by dynamic programming over the (integer) budget."""
+    best = np.zeros(budget + 1)  # best[c]: least cost of the modules so far within c bits
+    for m in sens:
+        new = np.full(budget + 1, np.inf)
+        for b, cost in sens[m].items():
+            need = sizes[m] * b
+            if need <= budget:
+                new[need:] = np.minimum(new[need:], best[: budget + 1 - need] + cost)
+        best = new
+    return float(best[budget])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_ilp_equals_dynamic_programming_on_40_modules(seed: int) -> None:
+    """Large enough that the reduced-cost fixing removes most choices and the MILP still has work to do."""
+    rng = np.random.default_rng(100 + seed)
+    modules = [f"m{i}" for i in range(40)]
+    if seed % 2:  # sensitivity-like: quantization noise falling with bits, scales over decades
+        sens = {m: {b: float(rng.lognormal(0, 1.5) * 4.0**-b) for b in BITS} for m in modules}
+    else:  # arbitrary, not even monotone in bits
+        sens = {m: {b: float(rng.random()) for b in BITS} for m in modules}
+    sizes = {m: int(rng.integers(1, 25)) for m in modules}
+    budget = int(sum(sizes.values()) * rng.uniform(2.5, 6))
+    got = allocate_bits(sens, sizes, budget)
+    assert sum(sizes[m] * got[m] for m in modules) <= budget
+    assert sum(sens[m][got[m]] for m in modules) == pytest.approx(
+        knapsack_optimum(sens, sizes, budget), rel=1e-9
+    )
