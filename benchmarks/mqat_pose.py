@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -141,16 +142,18 @@ class PoseAdapter:
         from lightning_modules.data.pose_synth import SynthConfig, pose_synth
         from lightning_modules.pose.run import TrainConfig, data_loaders
 
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        self.hparams, self.state = payload["hparams"], payload["state_dict"]
         self.root = pose_synth(SynthConfig())
-        self.cfg = TrainConfig(train_limit=train_limit)
-        self.train_loader, self.test_loader, _ = data_loaders(self.root, self.cfg)
-        validation = BopEvalDataset(self.root, "train")
+        self.cfg = TrainConfig(train_limit=train_limit, keypoints=payload.get("keypoints", "bbox"))
+        self.train_loader, self.test_loader, train = data_loaders(self.root, self.cfg)
+        if not np.allclose(train.keypoints_3d(), np.asarray(self.hparams["keypoints_3d"])):
+            raise SystemExit(f"{checkpoint}: keypoints differ from the data set's {self.cfg.keypoints!r}")
+        validation = BopEvalDataset(self.root, "train", keypoints=self.cfg.keypoints)
         subset = torch.utils.data.Subset(validation, range(len(validation) - 300, len(validation)))
         self.val_loader = torch.utils.data.DataLoader(
             subset, batch_size=32, collate_fn=BopEvalDataset.collate
         )
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        self.hparams, self.state = payload["hparams"], payload["state_dict"]
         self.example = torch.zeros(1, 3, 128, 128)
         self.calibration = next(iter(self.train_loader))["image"]
 

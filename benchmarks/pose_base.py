@@ -29,12 +29,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--train-limit", type=int, help="use only the first N training images")
     parser.add_argument("--checkpoint", help="also save the trained model here (for benchmarks.mqat_pose)")
+    parser.add_argument("--keypoints", choices=("bbox", "surface"), default=TrainConfig.keypoints)
     args = parser.parse_args()
 
     start = time.perf_counter()
     root = pose_synth(SynthConfig())
     data_seconds = time.perf_counter() - start
-    cfg = TrainConfig(epochs=args.epochs, train_limit=args.train_limit)
+    cfg = TrainConfig(epochs=args.epochs, train_limit=args.train_limit, keypoints=args.keypoints)
     load_before = os.getloadavg()
     module, result = train_base(root, cfg)
     load_after = os.getloadavg()
@@ -82,7 +83,11 @@ def main() -> None:
     }
     report("pose_base", header, rows, summary)
     if args.checkpoint:
-        state = {"hparams": dict(module.hparams), "state_dict": module.model.state_dict()}
+        state = {
+            "hparams": dict(module.hparams),
+            "state_dict": module.model.state_dict(),
+            "keypoints": cfg.keypoints,
+        }
         torch.save(state, args.checkpoint)
 
 

@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--train-limit", type=int, help="use only the first N training images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keypoints",
+        choices=("bbox", "surface"),
+        default=TrainConfig.keypoints,
+        help="box corners + centre (WDR) or farthest-point surface samples + centre",
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/pose_base.json"))
     parser.add_argument("--checkpoint", type=Path, help="also save the model state_dict here")
     args = parser.parse_args(argv)
@@ -53,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         train_split=args.train_split,
         test_split=args.test_split,
         seed=args.seed,
+        keypoints=args.keypoints,
     )
     module, result = train_base(root, cfg)
     print(f"trained {result['train_images']} images x {cfg.epochs} epochs in {result['train_seconds']:.0f} s")
@@ -65,7 +72,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"hparams": dict(module.hparams), "state_dict": module.model.state_dict()}, args.checkpoint
+            {
+                "hparams": dict(module.hparams),
+                "state_dict": module.model.state_dict(),
+                "keypoints": cfg.keypoints,
+            },
+            args.checkpoint,
         )
     return result
 

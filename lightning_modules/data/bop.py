@@ -24,13 +24,13 @@ import trimesh
 from torch.utils.data import Dataset
 
 from lightning_modules.data.pose_augment import PoseAugment
-from lightning_modules.pose.keypoints import Symmetries, bbox_keypoints, keypoints_2d
+from lightning_modules.pose.keypoints import Symmetries, keypoints_2d, model_keypoints
 from nncf_ext.errors import DataError
 
 
 @dataclass(frozen=True)
 class ObjectModel:
-    """One object: its vertices (P, 3), diameter, symmetries and 9 keypoints (bbox corners + centre)."""
+    """One object: its vertices (P, 3), diameter, symmetries and 9 keypoints (see ``model_keypoints``)."""
 
     obj_id: int
     points: np.ndarray
@@ -74,8 +74,11 @@ def _matrix(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
         raise DataError(f"{where}: expected {int(np.prod(shape))} numbers, got {value!r}") from exc
 
 
-def load_models(models_dir: str | Path, obj_ids: Sequence[int] | None = None) -> dict[int, ObjectModel]:
-    """Read ``models_info.json`` and the PLY models (through trimesh) of ``obj_ids`` (default: all)."""
+def load_models(
+    models_dir: str | Path, obj_ids: Sequence[int] | None = None, keypoints: str = "bbox"
+) -> dict[int, ObjectModel]:
+    """Read ``models_info.json`` and the PLY models (through trimesh) of ``obj_ids`` (default: all), with
+    their ``keypoints`` (``keypoints.model_keypoints``)."""
     models_dir = Path(models_dir)
     info_path = models_dir / "models_info.json"
     info = read_json(info_path)
@@ -102,7 +105,7 @@ def load_models(models_dir: str | Path, obj_ids: Sequence[int] | None = None) ->
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{info_path}: bad symmetries for obj_id {obj_id} ({exc})") from exc
         models[obj_id] = ObjectModel(
-            obj_id, points, float(entry["diameter"]), symmetries, bbox_keypoints(points)
+            obj_id, points, float(entry["diameter"]), symmetries, model_keypoints(points, keypoints)
         )
     return models
 
@@ -185,9 +188,10 @@ class _BopDataset(Dataset):
         obj_ids: Sequence[int] | None = None,
         image_size: tuple[int, int] | None = None,
         min_visib_fract: float = 0.0,
+        keypoints: str = "bbox",
     ) -> None:
         self.root = Path(root)
-        self.models = load_models(self.root / "models", obj_ids)
+        self.models = load_models(self.root / "models", obj_ids, keypoints)
         self.obj_ids = sorted(self.models) if obj_ids is None else list(obj_ids)
         self.label_of = {obj_id: i for i, obj_id in enumerate(self.obj_ids)}
         self.annotations = load_annotations(self.root / split, self.obj_ids, min_visib_fract)
@@ -242,8 +246,9 @@ class BopTrainDataset(_BopDataset):
         max_instances: int = 4,
         cache: bool = False,
         augment: PoseAugment | None = None,
+        keypoints: str = "bbox",
     ) -> None:
-        super().__init__(root, split, obj_ids, image_size, min_visib_fract)
+        super().__init__(root, split, obj_ids, image_size, min_visib_fract, keypoints)
         if max_instances < 1:
             raise ValueError(f"max_instances must be >= 1, got {max_instances}")
         self.max_instances = max_instances
@@ -315,8 +320,9 @@ class BopEvalDataset(_BopDataset):
         obj_ids: Sequence[int] | None = None,
         image_size: tuple[int, int] | None = None,
         min_visib_fract: float = 0.0,
+        keypoints: str = "bbox",
     ) -> None:
-        super().__init__(root, split, obj_ids, image_size, min_visib_fract)
+        super().__init__(root, split, obj_ids, image_size, min_visib_fract, keypoints)
 
     def __len__(self) -> int:
         return len(self.annotations)

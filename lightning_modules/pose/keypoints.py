@@ -1,4 +1,5 @@
-"""Object keypoints (8 bounding-box corners + centre), projection, and symmetry-canonical poses."""
+"""Object keypoints (8 bounding-box corners or 8 surface points, + centre), projection, and
+symmetry-canonical poses."""
 
 from __future__ import annotations
 
@@ -19,6 +20,35 @@ def bbox_keypoints(points: np.ndarray) -> np.ndarray:
     bits = (np.arange(8)[:, None] >> np.arange(3)[None, :]) & 1  # corner i takes hi where bit is set
     corners = np.where(bits.astype(bool), hi, lo)
     return np.concatenate([corners, ((lo + hi) / 2)[None]], axis=0)
+
+
+def surface_keypoints(points: np.ndarray, count: int = 8) -> np.ndarray:
+    """``count`` model points spread by farthest-point sampling (as PVNet), then the bounding-box centre.
+
+    Unlike the corners of the bounding box, which float in the air beside a non-convex object (an L-shaped
+    block), these lie on the object and so are seen in the image. Sampling starts from the point farthest
+    from the centre; deterministic.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+        raise ValueError(f"points must have shape (N, 3) with N > 0, got {points.shape}")
+    centre = (points.min(0) + points.max(0)) / 2
+    chosen = [int(np.argmax(((points - centre) ** 2).sum(1)))]
+    nearest = ((points - points[chosen[0]]) ** 2).sum(1)
+    for _ in range(count - 1):
+        chosen.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, ((points - points[chosen[-1]]) ** 2).sum(1))
+    return np.concatenate([points[chosen], centre[None]], axis=0)
+
+
+KEYPOINTS = {"bbox": bbox_keypoints, "surface": surface_keypoints}
+
+
+def model_keypoints(points: np.ndarray, kind: str = "bbox") -> np.ndarray:
+    """The 9 keypoints of a model: ``"bbox"`` (WDR: box corners + centre) or ``"surface"`` (FPS + centre)."""
+    if kind not in KEYPOINTS:
+        raise ValueError(f"keypoints must be one of {sorted(KEYPOINTS)}, got {kind!r}")
+    return KEYPOINTS[kind](points)
 
 
 def transform(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:

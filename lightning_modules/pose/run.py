@@ -33,8 +33,10 @@ class TrainConfig:
     test_split: str = "test"
     seed: int = 0
     cache: bool = True  # keep decoded training images in memory (~70 kB each at 128 x 128)
+    workers: int = 1  # data-loading processes (decoding and augmentation overlap the training step)
     augment: bool = True  # random similarity warp + colour jitter of training images
     max_instances: int = 8  # annotated objects used per training image (more are left unlabelled)
+    keypoints: str = "bbox"  # "bbox": box corners + centre (WDR); "surface": farthest-point samples + centre
     module: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,15 +65,22 @@ def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLo
         max_instances=cfg.max_instances,
         cache=cfg.cache,
         augment=augment,
+        keypoints=cfg.keypoints,
     )
-    test = BopEvalDataset(root, cfg.test_split, cfg.obj_ids, cfg.image_size)
+    test = BopEvalDataset(root, cfg.test_split, cfg.obj_ids, cfg.image_size, keypoints=cfg.keypoints)
     train_set: Any = (
         train if cfg.train_limit is None else torch.utils.data.Subset(train, range(cfg.train_limit))
     )
     test_set: Any = test if cfg.test_limit is None else torch.utils.data.Subset(test, range(cfg.test_limit))
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,  # keeps each worker's image cache across epochs
     )
     test_loader = DataLoader(test_set, batch_size=cfg.batch_size, collate_fn=BopEvalDataset.collate)
     return train_loader, test_loader, train

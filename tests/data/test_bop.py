@@ -12,7 +12,13 @@ import torch
 import trimesh
 
 from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset, load_models, resize_camera
-from lightning_modules.pose.keypoints import bbox_keypoints, canonical_pose, project, rotation_about
+from lightning_modules.pose.keypoints import (
+    bbox_keypoints,
+    canonical_pose,
+    project,
+    rotation_about,
+    surface_keypoints,
+)
 from nncf_ext.errors import DataError
 
 K = np.array([[120.0, 0.0, 47.5], [0.0, 110.0, 31.5], [0.0, 0.0, 1.0]])
@@ -93,6 +99,18 @@ def test_train_dataset_keypoints_and_masks(bop_root: Path) -> None:
     np.testing.assert_allclose(
         ds[1]["keypoints"][0].numpy(), project(models[2].keypoints, K, R_c, t_c), rtol=1e-5
     )
+
+
+def test_surface_keypoints_flow_into_the_training_targets(bop_root: Path) -> None:
+    ds = BopTrainDataset(bop_root, "test", keypoints="surface")
+    kp3d = ds.models[1].keypoints
+    np.testing.assert_allclose(kp3d, surface_keypoints(ds.models[1].points))
+    assert (np.abs(ds.models[1].points[None] - kp3d[:8, None]).sum(-1) == 0).any(1).all()  # mesh vertices
+    np.testing.assert_allclose(ds.keypoints_3d()[0], kp3d)
+    _, R, t = POSES[0]
+    np.testing.assert_allclose(ds[0]["keypoints"][0].numpy(), project(kp3d, K, R, t), rtol=1e-5)
+    with pytest.raises(ValueError, match="keypoints must be one of"):
+        BopEvalDataset(bop_root, "test", keypoints="corners")
 
 
 def test_resizing_rescales_the_camera(bop_root: Path) -> None:

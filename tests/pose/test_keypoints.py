@@ -10,8 +10,10 @@ from lightning_modules.pose.keypoints import (
     Symmetries,
     bbox_keypoints,
     canonical_pose,
+    model_keypoints,
     project,
     rotation_about,
+    surface_keypoints,
 )
 
 K = np.array([[150.0, 0.0, 63.5], [0.0, 150.0, 63.5], [0.0, 0.0, 1.0]])
@@ -27,6 +29,33 @@ def test_bbox_keypoints_are_the_corners_and_centre() -> None:
     np.testing.assert_allclose(kp[8], (lo + hi) / 2)
     with pytest.raises(ValueError, match="shape"):
         bbox_keypoints(np.zeros((0, 3)))
+
+
+def l_block(step: float = 2.0) -> np.ndarray:
+    """Surface samples of an L-shaped block: an 80 x 20 x 20 bar with a 20 x 60 x 20 bar on one end."""
+    g = np.arange(0, 80 + step, step)
+    pts = np.array([(x, y, z) for x in g for y in g for z in g if x <= 80 and y <= 80 and z <= 20])
+    inside = ((pts[:, 1] <= 20) | (pts[:, 0] <= 20)) & (pts[:, 1] <= 80)
+    pts = pts[inside]
+    interior = (pts[:, 2] > 0) & (pts[:, 2] < 20) & (pts[:, 0] > 0) & (pts[:, 1] > 0)
+    interior &= ((pts[:, 0] < 20) & (pts[:, 1] < 80)) | ((pts[:, 1] < 20) & (pts[:, 0] < 80))
+    return pts[~interior]
+
+
+def test_surface_keypoints_lie_on_the_object_and_spread_out() -> None:
+    pts = l_block()
+    kp = surface_keypoints(pts)
+    assert kp.shape == (9, 3)
+    on_model = (np.abs(pts[None] - kp[:8, None]).sum(-1) == 0).any(1)
+    assert on_model.all()  # model points, unlike the box corner (80, 80, *) that floats beside the L
+    assert not (np.abs(pts - bbox_keypoints(pts)[3]).sum(-1) == 0).any()
+    gaps = np.linalg.norm(kp[:8, None] - kp[None, :8], axis=-1) + np.eye(8) * 1e9
+    assert gaps.min() > 25  # farthest-point sampling: no two keypoints bunched together
+    np.testing.assert_allclose(kp[8], (pts.min(0) + pts.max(0)) / 2)
+    np.testing.assert_array_equal(surface_keypoints(pts.copy()), kp)  # deterministic
+    np.testing.assert_array_equal(model_keypoints(pts, "surface"), kp)
+    with pytest.raises(ValueError, match="keypoints must be one of"):
+        model_keypoints(pts, "corners")
 
 
 def test_project_matches_opencv() -> None:
