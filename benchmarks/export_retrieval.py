@@ -4,8 +4,9 @@ one run: torch eager FP32, the FP32 IR, NNCF 3.4's own int8 (``nncf.quantize``),
 
 Targets (issue 8): ours at least as fast as NNCF's int8 IR at no more than half its size (goal 0.8x its
 latency); an IR with 8-bit codebooks at most 0.27x the FP32 .bin; parity of our IRs under 1e-3 relative.
-Latency: batch 1 and 8, median of repeated synchronous runs after warm-up, OpenVINO's default precision on
-this CPU (bf16 where the CPU has it) and an ``f32`` hint for reference.
+Latency: batch 1 and 8, median of repeated synchronous runs after warm-up, taken in interleaved rounds (every
+variant in turn, several times over) so that drift of the machine does not favour one variant; OpenVINO's
+default precision on this CPU (bf16 where the CPU has it) and an ``f32`` hint for reference.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and OpenVINO)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per case")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds the runs are split into")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
     parser.add_argument("--work-dir", default=str(RESULTS / "export_retrieval"), help="where IRs are written")
     args = parser.parse_args()
@@ -113,18 +115,29 @@ def main() -> None:
     eager = fp32
     for batch in args.batches:
         xb = batched(x, batch)
-        with torch.no_grad():
-            times = time_calls(lambda xb=xb: eager(xb), 3, max(args.repeats // 3, 5))
-        cases.append({"variant": "torch eager FP32", "batch": batch, "precision": "f32",
-                      "median_ms": float(np.median(times)), "bin_mb": None})  # fmt: skip
         inputs = [xb.numpy()]
+
+        def eager_call(xb: torch.Tensor = xb) -> None:
+            with torch.no_grad():
+                eager(xb)
+
+        calls: dict[tuple[str, str], Any] = {("torch eager FP32", "f32"): eager_call}
         for name, xml in irs.items():
             for precision in (None, "f32"):
                 compiled = compile_ir(xml, args.threads, precision)
-                times = time_calls(lambda c=compiled, i=inputs: c(i), 5, args.repeats)
-                cases.append({"variant": name, "batch": batch, "precision": precision or "default",
-                              "median_ms": float(np.median(times)),
-                              "bin_mb": xml.with_suffix(".bin").stat().st_size / 2**20})  # fmt: skip
+                calls[(name, precision or "default")] = lambda c=compiled, i=inputs: c(i)
+        # interleaved rounds: drift of the machine (frequency, other load) hits every variant alike
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+        per_round = max(args.repeats // args.rounds, 1)
+        for _ in range(args.rounds):
+            for key, call in calls.items():
+                times[key] += time_calls(call, 2, per_round if key[0] != "torch eager FP32" else 2)
+        for (name, precision), t in times.items():
+            ir = irs.get(name)
+            mb = ir.with_suffix(".bin").stat().st_size / 2**20 if ir else None
+            cases.append({"variant": name, "batch": batch, "precision": precision,
+                          "median_ms": float(np.median(t)), "bin_mb": mb})  # fmt: skip
+        del calls
     reference = {
         (c["batch"], c["precision"]): c for c in cases if c["variant"] == "NNCF int8 (nncf.quantize)"
     }
