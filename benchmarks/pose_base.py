@@ -23,13 +23,14 @@ def main() -> None:
     from benchmarks.common import report
     from lightning_modules.data.pose_synth import SynthConfig, pose_synth
     from lightning_modules.metrics.pose import DEPTH_BINS, THRESHOLDS
+    from lightning_modules.pose.keypoints import KEYPOINTS
     from lightning_modules.pose.run import TrainConfig, data_loaders, evaluate, metrics_table, train_base
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--train-limit", type=int, help="use only the first N training images")
     parser.add_argument("--checkpoint", help="also save the trained model here (for benchmarks.mqat_pose)")
-    parser.add_argument("--keypoints", choices=("bbox", "surface"), default=TrainConfig.keypoints)
+    parser.add_argument("--keypoints", choices=sorted(KEYPOINTS), default=TrainConfig.keypoints)
     args = parser.parse_args()
 
     start = time.perf_counter()

@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     from lightning_modules.data.pose_synth import SynthConfig, pose_synth
+    from lightning_modules.pose.keypoints import KEYPOINTS
     from lightning_modules.pose.run import TrainConfig, metrics_table, train_base
 
     parser = argparse.ArgumentParser(
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--keypoints",
-        choices=("bbox", "surface"),
+        choices=sorted(KEYPOINTS),
         default=TrainConfig.keypoints,
         help="box corners + centre (WDR) or farthest-point surface samples + centre",
     )

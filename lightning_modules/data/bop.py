@@ -24,7 +24,12 @@ import trimesh
 from torch.utils.data import Dataset
 
 from lightning_modules.data.pose_augment import PoseAugment
-from lightning_modules.pose.keypoints import Symmetries, keypoints_2d, model_keypoints
+from lightning_modules.pose.keypoints import (
+    Symmetries,
+    check_keypoints_kind,
+    keypoints_2d,
+    model_keypoints,
+)
 from nncf_ext.errors import DataError
 
 
@@ -79,6 +84,7 @@ def load_models(
 ) -> dict[int, ObjectModel]:
     """Read ``models_info.json`` and the PLY models (through trimesh) of ``obj_ids`` (default: all), with
     their ``keypoints`` (``keypoints.model_keypoints``)."""
+    check_keypoints_kind(keypoints)  # before any file is read
     models_dir = Path(models_dir)
     info_path = models_dir / "models_info.json"
     info = read_json(info_path)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nncf_ext.errors import ConfigError
+
 NUM_KEYPOINTS = 9
 
 
@@ -44,10 +46,15 @@ def surface_keypoints(points: np.ndarray, count: int = 8) -> np.ndarray:
 KEYPOINTS = {"bbox": bbox_keypoints, "surface": surface_keypoints}
 
 
+def check_keypoints_kind(kind: str) -> None:
+    """Raise a ``ConfigError`` unless ``kind`` names a keypoint set of ``KEYPOINTS``."""
+    if kind not in KEYPOINTS:
+        raise ConfigError("keypoints", f"keypoints must be one of {sorted(KEYPOINTS)}, got {kind!r}")
+
+
 def model_keypoints(points: np.ndarray, kind: str = "bbox") -> np.ndarray:
     """The 9 keypoints of a model: ``"bbox"`` (WDR: box corners + centre) or ``"surface"`` (FPS + centre)."""
-    if kind not in KEYPOINTS:
-        raise ValueError(f"keypoints must be one of {sorted(KEYPOINTS)}, got {kind!r}")
+    check_keypoints_kind(kind)
     return KEYPOINTS[kind](points)
 
 

@@ -19,7 +19,7 @@ from lightning_modules.pose.keypoints import (
     rotation_about,
     surface_keypoints,
 )
-from nncf_ext.errors import DataError
+from nncf_ext.errors import ConfigError, DataError
 
 K = np.array([[120.0, 0.0, 47.5], [0.0, 110.0, 31.5], [0.0, 0.0, 1.0]])
 POSES = [
@@ -109,7 +109,7 @@ def test_surface_keypoints_flow_into_the_training_targets(bop_root: Path) -> Non
     np.testing.assert_allclose(ds.keypoints_3d()[0], kp3d)
     _, R, t = POSES[0]
     np.testing.assert_allclose(ds[0]["keypoints"][0].numpy(), project(kp3d, K, R, t), rtol=1e-5)
-    with pytest.raises(ValueError, match="keypoints must be one of"):
+    with pytest.raises(ConfigError, match="keypoints must be one of"):
         BopEvalDataset(bop_root, "test", keypoints="corners")
 
 

@@ -15,6 +15,7 @@ from lightning_modules.pose.keypoints import (
     rotation_about,
     surface_keypoints,
 )
+from nncf_ext.errors import ConfigError
 
 K = np.array([[150.0, 0.0, 63.5], [0.0, 150.0, 63.5], [0.0, 0.0, 1.0]])
 
@@ -54,7 +55,7 @@ def test_surface_keypoints_lie_on_the_object_and_spread_out() -> None:
     np.testing.assert_allclose(kp[8], (pts.min(0) + pts.max(0)) / 2)
     np.testing.assert_array_equal(surface_keypoints(pts.copy()), kp)  # deterministic
     np.testing.assert_array_equal(model_keypoints(pts, "surface"), kp)
-    with pytest.raises(ValueError, match="keypoints must be one of"):
+    with pytest.raises(ConfigError, match="keypoints must be one of"):
         model_keypoints(pts, "corners")
 
 
