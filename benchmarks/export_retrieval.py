@@ -39,9 +39,15 @@ WHITENING_W4 = {
     "weights": {"bits": 4},
     "target_scope": {"names": ["whitening"]},
 }
+# NetVLAD's centroids feed an elementwise product, not a weighted op: compressed only when named exactly
+CENTROIDS_W8 = {
+    "algorithm": "uniform_quantization",
+    "weights": {"bits": 8},
+    "target_scope": {"names": ["netvlad.centroids"]},
+}
 # int4 storage everywhere: convolutions run in int8 (the IR widens their codes), the whitening matmul in int4
-DEPLOY = {"compression": [PRUNE, BACKBONE_W4A8, WHITENING_W4]}
-DEPLOY_W8 = {"compression": [PRUNE, {**BACKBONE_W4A8, "weights": {"bits": 8}}, WHITENING_W4]}
+DEPLOY = {"compression": [PRUNE, BACKBONE_W4A8, WHITENING_W4, CENTROIDS_W8]}
+DEPLOY_W8 = {"compression": [PRUNE, {**BACKBONE_W4A8, "weights": {"bits": 8}}, WHITENING_W4, CENTROIDS_W8]}
 CODEBOOK8 = {"compression": [{"algorithm": "kmeans_quantization", "bits": 8, "preserve_sparsity": False}]}
 
 

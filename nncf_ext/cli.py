@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", default="outputs/export/model.xml", help="path of the .xml to write")
     export.add_argument("--archive", default=None, help="also write the Deep Compression archive here (.dca)")
     export.add_argument(
-        "--fp16", action="store_true", help="store uncompressed weights and codebooks in fp16"
+        "--fp16",
+        action="store_true",
+        help="store float weights, scales and codebooks in fp16 (not those before a FakeQuantize)",
     )
     export.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error of the IR")
     export.add_argument("--no-check", action="store_true", help="skip the parity check against torch")

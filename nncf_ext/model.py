@@ -141,6 +141,30 @@ def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
     return weights
 
 
+def find_other_constants(model: nn.Module, graph: PTNNCFGraph, weights: list[WeightInfo]) -> list[WeightInfo]:
+    """Floating-point parameters in the graph that no weighted operation consumes (e.g. NetVLAD centroids)."""
+    taken = {w.name for w in weights}
+    params = {name: p for name, p in model.named_parameters() if p.is_floating_point()}
+    out = []
+    for node in graph.topological_sort():
+        if node.node_name in taken or node.node_name not in params:
+            continue
+        module_name, _ = split_const_name(node.node_name)
+        consumers = [e.to_node for e in graph.get_output_edges(node)]
+        out.append(
+            WeightInfo(
+                name=node.node_name,
+                module_name=module_name,
+                module_type=type(get_module_by_name(module_name, model)).__name__,
+                op_names=tuple(n.node_name for n in consumers),
+                op_types=tuple(n.node_type for n in consumers),
+                shape=tuple(params[node.node_name].shape),
+                weighted=False,
+            )
+        )
+    return out
+
+
 def get_weight(model: nn.Module, name: str) -> torch.Tensor:
     """The parameter (or buffer) behind a weight constant name such as ``features.0.weight``."""
     module_name, attr = split_const_name(name)

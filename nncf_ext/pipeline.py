@@ -29,6 +29,7 @@ from nncf_ext.model import (
     check_example_input,
     check_finite,
     check_wrappable,
+    find_other_constants,
     find_weights,
     wrapping_transaction,
 )
@@ -130,14 +131,16 @@ def create_compression(
         existing = {
             n for n, hooks in weight_hooks(wrapped).items() if any(isinstance(h, WeightHook) for h in hooks)
         }
-        weights = find_weights(wrapped, build_graph(wrapped, example_input))
+        graph = build_graph(wrapped, example_input)
+        weights = find_weights(wrapped, graph)
+        others = find_other_constants(wrapped, graph, weights)
         if not weights:
             raise ModelError(
                 "the model has no weighted operation (conv, linear, embedding, matmul) to compress"
             )
         selections = []
         for algorithm in algorithms:
-            selected = algorithm.select(weights)
+            selected = algorithm.select(weights, others)
             already = sorted(w.name for w in selected if w.name in existing)
             if already:
                 raise ModelError(

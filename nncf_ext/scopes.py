@@ -9,6 +9,9 @@ weight constants, so a user may name a weight, its module or its NNCF operation:
 * ``patterns``: regular expressions matched at the start of those names (``re.match``, as NNCF does);
 * ``types``: NNCF op type (``conv2d``, ``linear``) or module class name (``Conv2d``, ``Linear``).
 
+A parameter that no weighted operation consumes (NetVLAD's centroids, a learned scale) is compressed only
+when a ``names`` rule of the target scope gives its exact name (``netvlad.centroids``).
+
 Every rule must match at least one weight, so a typo is an error instead of a silent no-op.
 """
 
@@ -33,6 +36,7 @@ class WeightInfo:
     op_names: tuple[str, ...]
     op_types: tuple[str, ...]
     shape: tuple[int, ...]
+    weighted: bool = True  # consumed by a weighted operation (conv, linear, matmul, embedding)
 
     @property
     def numel(self) -> int:
@@ -116,10 +120,16 @@ def select_weights(
     target: Scope,
     ignored: Scope,
     path: str,
+    others: Sequence[WeightInfo] = (),
 ) -> list[WeightInfo]:
-    """Weights in ``target`` (all when empty) and not in ``ignored``; every rule must match something."""
+    """Weights in ``target`` (all when empty) and not in ``ignored``; every rule must match something.
+
+    ``others`` are parameters no weighted operation consumes: one is selected only when ``target.names``
+    gives its exact name.
+    """
+    named = [w for w in others if w.name in target.names]
     for scope, key in ((target, "target_scope"), (ignored, "ignored_scope")):
-        for rule, matched in scope.rule_matches(weights).items():
+        for rule, matched in scope.rule_matches([*weights, *named]).items():
             if not matched:
                 available = ", ".join(w.name for w in weights[:12])
                 raise ConfigError(
@@ -133,6 +143,7 @@ def select_weights(
         if (target.is_empty or target.matches(w))
         and not (ignored.matches(w) if not ignored.is_empty else False)
     ]
+    selected += [w for w in named if ignored.is_empty or not ignored.matches(w)]
     if not selected:
         raise ConfigError(path, "the scopes leave no weight to compress")
     return selected

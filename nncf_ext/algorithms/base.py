@@ -75,8 +75,12 @@ class CompressionAlgorithm(ABC):
         return
 
     # -- application -------------------------------------------------------------------------------------
-    def select(self, weights: list[WeightInfo]) -> list[WeightInfo]:
-        return select_weights(weights, self.config.target_scope, self.config.ignored_scope, self.path)
+    def select(self, weights: list[WeightInfo], others: list[WeightInfo] | None = None) -> list[WeightInfo]:
+        """The weights this algorithm compresses; ``others`` (parameters of no weighted operation) only by
+        exact name in the target scope."""
+        return select_weights(
+            weights, self.config.target_scope, self.config.ignored_scope, self.path, others or ()
+        )
 
     def validate(self, model: nn.Module, weights: list[WeightInfo]) -> None:  # noqa: B027
         """Checks that need the model; called for every algorithm before any hook is placed."""

@@ -18,7 +18,14 @@ from nncf_ext.storage import WeightStorage
 TORCH_CONST_PREFIX = "self."
 
 
-def _codebook_subgraph(name: str, storage: WeightStorage, fp16: bool) -> tuple[ov.Node, ov.Type]:
+def _reshaped(array: np.ndarray, ndim: int) -> np.ndarray:
+    """``array`` with leading unit axes up to ``ndim`` (how OpenVINO folds an unsqueezed parameter)."""
+    return array.reshape((1,) * (ndim - array.ndim) + array.shape)
+
+
+def _codebook_subgraph(
+    name: str, storage: WeightStorage, fp16: bool, ndim: int = 0
+) -> tuple[ov.Node, ov.Type]:
     assert storage.codebook is not None and storage.codes is not None
     k = storage.codebook.numel()
     values = storage.codebook.detach().float().numpy()
@@ -28,19 +35,22 @@ def _codebook_subgraph(name: str, storage: WeightStorage, fp16: bool) -> tuple[o
     index_type = ov.Type.u4 if k <= 16 else ov.Type.u8
     if k > 256:
         raise ExportError(f"'{name}': codebooks of more than 256 entries are not supported, got {k}")
-    index = opset.constant(storage.codes.numpy().astype(np.uint8), dtype=index_type, name=f"{name}/indices")
+    codes = _reshaped(storage.codes.numpy(), ndim).astype(np.uint8)
+    index = opset.constant(codes, dtype=index_type, name=f"{name}/indices")
     if index_type == ov.Type.u4:
         index = opset.convert(index, ov.Type.u8)
     return opset.gather(codebook, index, 0, name=f"{name}/codebook_gather"), index_type
 
 
-def _int_subgraph(name: str, storage: WeightStorage, widen: bool = False) -> tuple[ov.Node, ov.Type]:
+def _int_subgraph(
+    name: str, storage: WeightStorage, widen: bool = False, ndim: int = 0
+) -> tuple[ov.Node, ov.Type]:
     """Integer codes, converted and scaled. ``widen`` stores 4-bit codes but converts them to 8 bits first:
     OpenVINO folds that into int8 weights at compile time, so convolutions (which have no int4 kernels)
     still run in int8 while the ``.bin`` keeps 4 bits; matrix multiplications keep int4 for its kernels."""
     assert storage.codes is not None and storage.scale is not None
     small = storage.bits <= 4
-    values = storage.codes.numpy()
+    values = _reshaped(storage.codes.numpy(), ndim)
     if storage.signed:  # symmetric: store q - 2^(b-1), so that w = q * scale
         dtype = ov.Type.i4 if small else ov.Type.i8
         values = (values - (1 << (storage.bits - 1))).astype(np.int8)
@@ -52,12 +62,53 @@ def _int_subgraph(name: str, storage: WeightStorage, widen: bool = False) -> tup
         codes = opset.convert(codes, ov.Type.i8 if storage.signed else ov.Type.u8)
     weights: ov.Node = opset.convert(codes, ov.Type.f32)
     if not storage.signed and storage.zero_point is not None:
-        zero = storage.zero_point.detach().float().numpy()
+        zero = _reshaped(storage.zero_point.detach().float().numpy(), ndim)
         weights = opset.subtract(weights, opset.constant(zero, name=f"{name}/zero_point"))
-    scale = storage.scale.detach().float().numpy()
+    scale = _reshaped(storage.scale.detach().float().numpy(), ndim)
     return opset.multiply(
         weights, opset.constant(scale, name=f"{name}/scale"), name=f"{name}/decompress"
     ), dtype
+
+
+def _upstream_of_fake_quantize(model: ov.Model) -> set[str]:
+    """Names of the nodes whose outputs reach a FakeQuantize (including its range inputs)."""
+    seen: set[str] = set()
+    frontier = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    while frontier:
+        node = frontier.pop()
+        for value in node.input_values():
+            source = value.get_node()
+            if source.get_friendly_name() not in seen:
+                seen.add(source.get_friendly_name())
+                frontier.append(source)
+    return seen
+
+
+def float_constants_to_fp16(model: ov.Model) -> int:
+    """Store float32 constants (tensors, not scalars) as ``Constant(f16) -> Convert(f32)`` where no
+    FakeQuantize follows them; returns the bytes saved.
+
+    ``ov.save_model(compress_to_fp16=True)`` keeps decompression scales and constants on normalisation
+    paths in f32; after the last FakeQuantize their fp16 rounding (2^-11 relative) stays below the parity
+    tolerance. Before one, it can move a value across a rounding boundary of the quantizer, so those stay.
+    """
+    upstream = _upstream_of_fake_quantize(model)
+    saved = 0
+    for op in model.get_ops():
+        if (
+            op.get_type_name() != "Constant"
+            or op.get_element_type() != ov.Type.f32
+            or int(np.prod(list(op.get_output_shape(0)))) < 2
+            or op.get_friendly_name() in upstream
+        ):
+            continue
+        half = opset.constant(op.get_data().astype(np.float16), name=f"{op.get_friendly_name()}/fp16")
+        widened = opset.convert(half, ov.Type.f32)
+        for target in list(op.output(0).get_target_inputs()):
+            target.replace_source_output(widened.output(0))
+        saved += 2 * int(np.prod(list(op.get_output_shape(0))))
+    model.validate_nodes_and_infer_types()
+    return saved
 
 
 WEIGHTED_OPS = {"Convolution": 1, "GroupConvolution": 1, "ConvolutionBackpropData": 1, "MatMul": 1}
@@ -89,6 +140,21 @@ def _feeds_convolution(node: ov.Node) -> bool:
             t.get_node() for n in frontier if n.get_output_size() for t in n.output(0).get_target_inputs()
         ]
     return False
+
+
+def _unsqueezed_copy(model: ov.Model, weight: np.ndarray) -> ov.Node | None:
+    """The one float constant holding ``weight`` with leading unit axes added (a parameter used elementwise,
+    such as NetVLAD's centroids, is folded with its ``unsqueeze`` and renamed)."""
+    fits = [
+        op
+        for op in model.get_ops()
+        if op.get_type_name() == "Constant"
+        and op.get_element_type() == ov.Type.f32
+        and len(op.get_output_shape(0)) > weight.ndim
+        and list(op.get_output_shape(0)) == list(_reshaped(weight, len(op.get_output_shape(0))).shape)
+        and np.array_equal(op.get_data().reshape(weight.shape), weight)
+    ]
+    return fits[0] if len(fits) == 1 else None
 
 
 def _folded_scale(folded: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
@@ -127,8 +193,11 @@ def compress_weights(
         if storage.kind == "float":
             continue
         scale: np.ndarray | None = None
+        ndim = weights[name].ndim
         if name in by_name:
             source = by_name[name]
+        elif (copy := _unsqueezed_copy(model, weights[name])) is not None:
+            source, ndim = copy, len(copy.get_output_shape(0))
         else:  # renamed by a transformation: find the one constant that is this weight times a channel factor
             fits = [
                 (c, f)
@@ -142,9 +211,9 @@ def compress_weights(
             source, scale = fits[0]
             folded.remove(source)
         if storage.kind == "codebook":
-            node, element_type = _codebook_subgraph(name, storage, fp16_codebooks)
+            node, element_type = _codebook_subgraph(name, storage, fp16_codebooks, ndim)
         else:
-            node, element_type = _int_subgraph(name, storage, widen=_feeds_convolution(source))
+            node, element_type = _int_subgraph(name, storage, _feeds_convolution(source), ndim)
         if scale is not None:
             node = opset.multiply(
                 node, opset.constant(scale, name=f"{name}/folded_scale"), name=f"{name}/folded"

@@ -18,7 +18,7 @@ import openvino as ov
 from torch import nn
 
 from nncf_ext.errors import ExportError
-from nncf_ext.export.ir import compress_weights
+from nncf_ext.export.ir import compress_weights, float_constants_to_fp16
 from nncf_ext.export.parity import ParityReport, check_parity, parity_inputs
 from nncf_ext.export.strip import strip_for_export
 from nncf_ext.model import check_example_input, get_weight
@@ -79,7 +79,10 @@ def convert(
     except Exception as e:
         raise ExportError(f"ov.convert_model failed: {type(e).__name__}: {e}") from e
     effective = {name: get_weight(stripped, name).detach().numpy() for name in storages}
-    return ov_model, compress_weights(ov_model, storages, effective, fp16_codebooks)
+    stored = compress_weights(ov_model, storages, effective, fp16_codebooks)
+    if fp16_codebooks:
+        float_constants_to_fp16(ov_model)
+    return ov_model, stored
 
 
 def export_openvino(
@@ -96,7 +99,9 @@ def export_openvino(
 ) -> ExportResult:
     """Export ``model`` (compressed or not) to ``path`` (.xml + .bin) with real compressed weight storage.
 
-    :param compress_to_fp16: store the remaining float weights (and codebooks) in fp16.
+    :param compress_to_fp16: store the remaining float weights (and codebooks) in fp16: OpenVINO's own
+        compression, then the constants it keeps in f32 (scales, normalisation paths) where no FakeQuantize
+        follows them (:func:`~nncf_ext.export.ir.float_constants_to_fp16`).
     :param check: compile the IR on ``device`` and compare it with the torch model; a relative error above
         ``tolerance`` raises :class:`~nncf_ext.ParityError` and nothing is written.
     :param inputs: parity inputs (default: the example input and three random inputs of its shape).

@@ -185,3 +185,69 @@ def test_per_channel_activation_quantizer_exports_with_its_channel_ranges(tmp_pa
     assert len(fq) == 1
     high = fq[0].input_value(2).get_node().get_data()
     assert high.size == 8 and len(np.unique(np.round(high, 4))) == 8
+
+
+class Gained(nn.Module):
+    """TinyNet whose features are scaled by a parameter used elementwise (as NetVLAD uses its centroids)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyNet()
+        self.gain = nn.Parameter(torch.rand(8, 8, 8) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.fc((self.net.features(x) * self.gain).mean((2, 3)))
+
+
+INT8 = {"algorithm": "uniform_quantization", "weights": {"bits": 8}}
+
+
+def test_a_parameter_used_elementwise_is_compressed_only_by_its_exact_name(
+    example_input: torch.Tensor,
+) -> None:
+    from nncf_ext.hooks import weight_hooks
+
+    torch.manual_seed(0)
+    model = Gained()
+    nncf_ext.create_compression(model, {"compression": [INT8]}, example_input)
+    assert "gain" not in weight_hooks(model) and len(weight_hooks(model)) == 3
+    with pytest.raises(nncf_ext.ConfigError, match="patterns\\[0\\]"):
+        by_pattern = {**INT8, "target_scope": {"patterns": ["gai"]}}
+        nncf_ext.create_compression(Gained(), {"compression": [by_pattern]}, example_input)
+    model = Gained()
+    by_name = {**INT8, "target_scope": {"names": ["gain"]}}
+    nncf_ext.create_compression(model, {"compression": [by_name]}, example_input)
+    assert set(weight_hooks(model)) == {"gain"}
+
+
+def test_a_parameter_used_elementwise_is_stored_as_integers(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = Gained()
+    entries = [INT8, {**INT8, "weights": {"bits": 4}, "target_scope": {"names": ["gain"]}}]
+    nncf_ext.create_compression(model, {"compression": entries}, example_input)
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "model.xml")
+    assert result.weights["gain"] == "i4"
+    assert result.parity is not None and result.parity.max_rel < 1e-5
+    codes = [
+        op for op in ov.Core().read_model(result.xml_path).get_ops() if op.get_friendly_name() == "gain/codes"
+    ]
+    assert len(codes) == 1 and list(codes[0].get_output_shape(0)) == [1, 8, 8, 8]  # as OpenVINO unsqueezed it
+
+
+def test_fp16_reaches_only_constants_that_no_fake_quantize_follows(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    model, _ = compressed(CASES["int8-acts"][0], example_input)
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "model.xml", compress_to_fp16=True)
+    assert result.parity is not None and result.parity.max_rel < 1e-3
+    types = {
+        op.get_friendly_name(): op.get_output_element_type(0).get_type_name()
+        for op in ov.Core().read_model(result.xml_path).get_ops()
+        if op.get_type_name() == "Constant"
+    }
+    # the first convolution feeds the quantized input of the second; the classifier is last
+    assert types["features.0.weight/scale"] == "f32"
+    assert types["fc.weight/scale/fp16"] == "f16"
+    assert not any(n.startswith("fc.") and t == "f32" for n, t in types.items())

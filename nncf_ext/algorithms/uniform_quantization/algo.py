@@ -146,7 +146,8 @@ class UniformQuantization(CompressionAlgorithm):
         if act is None:
             return
         device = get_weight(model, weights[0].name).device
-        ops = list(dict.fromkeys(op for w in weights for op in w.op_names))
+        # inputs of weighted operations only: a parameter used elementwise (NetVLAD centroids) brings none
+        ops = list(dict.fromkeys(op for w in weights if w.weighted for op in w.op_names))
         sizes = collect_input_sizes(model, ops, example_input) if self.config.lsq_gradient_scale else {}
         for op in ops:
             quantizer = make_quantizer(act.bits, act.mode, (1,), signed=None, is_weights=False).to(device)
