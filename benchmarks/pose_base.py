@@ -31,12 +31,15 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, help="use only the first N training images")
     parser.add_argument("--checkpoint", help="also save the trained model here (for benchmarks.mqat_pose)")
     parser.add_argument("--keypoints", choices=sorted(KEYPOINTS), default=TrainConfig.keypoints)
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], help="default: bf16 where native")
     args = parser.parse_args()
 
     start = time.perf_counter()
     root = pose_synth(SynthConfig())
     data_seconds = time.perf_counter() - start
-    cfg = TrainConfig(epochs=args.epochs, train_limit=args.train_limit, keypoints=args.keypoints)
+    cfg = TrainConfig(
+        epochs=args.epochs, train_limit=args.train_limit, keypoints=args.keypoints, precision=args.precision
+    )
     load_before = os.getloadavg()
     module, result = train_base(root, cfg)
     load_after = os.getloadavg()

@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         default=TrainConfig.keypoints,
         help="box corners + centre (WDR) or farthest-point surface samples + centre",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        help="training precision (default: bf16-mixed where the CPU has native bf16, else 32-true)",
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/pose_base.json"))
     parser.add_argument("--checkpoint", type=Path, help="also save the model state_dict here")
     args = parser.parse_args(argv)
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         test_split=args.test_split,
         seed=args.seed,
         keypoints=args.keypoints,
+        precision=args.precision,
     )
     module, result = train_base(root, cfg)
     print(f"trained {result['train_images']} images x {cfg.epochs} epochs in {result['train_seconds']:.0f} s")

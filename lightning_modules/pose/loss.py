@@ -35,6 +35,7 @@ def pose_loss(
 
     logits (B, N, C), offsets (B, N, 9, 2) in stride units, centres (N, 2), strides (N,).
     """
+    logits, offsets = logits.float(), offsets.float()  # bf16 under mixed precision
     num_pos = targets.positive.sum().clamp(min=1).float()
     one_hot = torch.zeros_like(logits)
     pos = targets.positive

@@ -37,7 +37,14 @@ class TrainConfig:
     augment: bool = True  # random similarity warp + colour jitter of training images
     max_instances: int = 8  # annotated objects used per training image (more are left unlabelled)
     keypoints: str = "bbox"  # "bbox": box corners + centre (WDR); "surface": farthest-point samples + centre
+    # Trainer precision; None: "bf16-mixed" where the CPU computes bf16 natively (AVX512-BF16 / AMX), which
+    # trains about 1.4x faster, else "32-true". Evaluation always runs in fp32.
+    precision: str | None = None
     module: dict[str, Any] = field(default_factory=dict)
+
+
+def default_precision() -> str:
+    return "bf16-mixed" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "32-true"
 
 
 class EpochLog(pl.Callback):
@@ -106,6 +113,7 @@ def train_base(root: str | Path, cfg: TrainConfig) -> tuple[PoseModule, dict[str
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=cfg.epochs,
+        precision=cfg.precision or default_precision(),  # type: ignore[arg-type]
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -119,7 +127,7 @@ def train_base(root: str | Path, cfg: TrainConfig) -> tuple[PoseModule, dict[str
     metrics, seconds_per_image = evaluate(module, test_loader)
     result = {
         "data": str(root),
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "precision": cfg.precision or default_precision()},
         "train_images": len(train_loader.dataset),  # type: ignore[arg-type]
         "test_instances": len(test_loader.dataset),  # type: ignore[arg-type]
         "parameters": sum(p.numel() for p in module.model.parameters()),

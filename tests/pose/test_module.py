@@ -85,3 +85,18 @@ def test_short_fit_lowers_the_loss_and_validates(root: Path, tmp_path: Path) -> 
 def test_rejects_malformed_keypoints() -> None:
     with pytest.raises(ValueError, match=r"\(C, 9, 3\)"):
         PoseModule([[[0.0, 0.0, 0.0]] * 8])
+
+
+def test_loss_under_bf16_autocast_is_fp32_and_close(root: Path) -> None:
+    """``TrainConfig.precision`` defaults to bf16-mixed on CPUs with native bf16: the loss stays fp32."""
+    torch.manual_seed(0)
+    train = BopTrainDataset(root, "train", max_instances=1)
+    module = PoseModule(train.keypoints_3d().tolist(), widths=(8, 16, 16, 32, 32), fpn_channels=16)
+    batch = next(iter(DataLoader(train, batch_size=8)))
+    with torch.no_grad():
+        full = module.compute_loss(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = module.compute_loss(batch)
+    for key in ("loss", "cls_loss", "kpt_loss"):
+        assert half[key].dtype == torch.float32
+        assert torch.isclose(half[key], full[key], rtol=0.05), key
