@@ -65,12 +65,11 @@ def _target(path: str | Path) -> Path:
     return xml
 
 
-def convert(
-    model: nn.Module, example_input: Any, fp16_codebooks: bool = False
-) -> tuple[ov.Model, dict[str, str]]:
+def convert(model: nn.Module, example_input: Any, fp16: bool = False) -> tuple[ov.Model, dict[str, str]]:
     """Strip, convert and compress the weights, without writing anything.
 
-    Returns the OpenVINO model and the element type each compressed weight is stored in.
+    ``fp16``: codebooks and float constants in fp16 (see ``export_openvino``). Returns the OpenVINO model
+    and the element type each compressed weight is stored in.
     """
     check_example_input(model, example_input)
     stripped, storages = strip_for_export(model, example_input)
@@ -79,8 +78,8 @@ def convert(
     except Exception as e:
         raise ExportError(f"ov.convert_model failed: {type(e).__name__}: {e}") from e
     effective = {name: get_weight(stripped, name).detach().numpy() for name in storages}
-    stored = compress_weights(ov_model, storages, effective, fp16_codebooks)
-    if fp16_codebooks:
+    stored = compress_weights(ov_model, storages, effective, fp16_codebooks=fp16)
+    if fp16:
         float_constants_to_fp16(ov_model)
     return ov_model, stored
 
@@ -111,7 +110,7 @@ def export_openvino(
         IR (``nncf_ext.export.evaluate``) measure the deployed numerics. None keeps the device defaults.
     """
     xml = _target(path)
-    ov_model, weights = convert(model, example_input, fp16_codebooks=compress_to_fp16)
+    ov_model, weights = convert(model, example_input, fp16=compress_to_fp16)
     tmp = Path(tempfile.mkdtemp(dir=xml.parent, prefix=f".{xml.stem}.export-"))
     try:
         tmp_xml = tmp / xml.name
