@@ -110,6 +110,10 @@ def test_export_and_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["weights"].values()) == {"u4"} and summary["parity"]["ok"]
     assert xml.exists() and (tmp_path / "m.dca").exists()
+    half = tmp_path / "ir" / "half.xml"
+    assert main(["export", str(out / "compressed.pt"), "--output", str(half), "--fp16"]) == 0
+    assert json.loads(capsys.readouterr().out)["parity"]["ok"]
+    assert half.with_suffix(".bin").stat().st_size < xml.with_suffix(".bin").stat().st_size
     assert (
         main(
             [
