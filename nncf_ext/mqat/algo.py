@@ -45,6 +45,9 @@ class Allocation:
     target_compression: float
     candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     ties: tuple[tuple[str, ...], ...] = ()
+    # what target_compression divides: "model", every parameter (unquantized ones count at 32 bits), or
+    # "weights", only the weights the modules quantize (the accounting of uniform n-bit quantization)
+    size: str = "model"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def _read_allocation(r: ConfigReader) -> Allocation | None:
         target_compression=a.number("target_compression", minimum=1.0, exclusive_minimum=True),
         candidate_bits=bits,
         ties=tuple(tuple(t) for t in ties_raw),
+        size=a.string("size", "model", choices=("model", "weights")),
     )
     a.finish()
     return allocation
@@ -185,6 +189,7 @@ class MQAT(CompressionAlgorithm):
                 "target_compression": a.target_compression,
                 "candidate_bits": list(a.candidate_bits),
                 "ties": [list(t) for t in a.ties],
+                "size": a.size,
             }
         if config.activation_bits is not None:
             out["activations"] = {"bits": config.activation_bits}
@@ -231,9 +236,12 @@ class MQAT(CompressionAlgorithm):
                 if m not in self.modules:
                     raise ConfigError(f"{path}.ties", f"unknown module '{m}'")
         sizes = module_sizes(self.modules)
-        total_bits = sum(p.numel() * p.element_size() * 8 for p in model.parameters())
-        other_bits = total_bits - 32 * sum(sizes.values())
-        budget = total_bits / allocation.target_compression - other_bits
+        if allocation.size == "weights":
+            budget = 32 * sum(sizes.values()) / allocation.target_compression
+        else:
+            total_bits = sum(p.numel() * p.element_size() * 8 for p in model.parameters())
+            other_bits = total_bits - 32 * sum(sizes.values())
+            budget = total_bits / allocation.target_compression - other_bits
         try:
             return allocate_bits(costs, sizes, budget, ties=allocation.ties)
         except ConfigError as e:

@@ -100,6 +100,27 @@ def test_allocation_from_a_sensitivity_table(tmp_path: Path) -> None:
     assert info.value.path == "compression[0].allocation.target_compression"
 
 
+def test_allocation_size_model_or_weights(tmp_path: Path) -> None:
+    """At 4x, all-8-bit fits a budget over the quantized weights but not one over the whole model (biases
+    and BatchNorm stay 32-bit there), so "model" must narrow a module and "weights" need not."""
+    SensitivityTable("metric", 1.0, {
+        m: {2: 0.9, 4: 0.2, 8: 0.0} for m in ("backbone", "fpn", "head")
+    }).save(tmp_path / "s.json")  # fmt: skip
+    allocation = {
+        "sensitivity": str(tmp_path / "s.json"),
+        "target_compression": 4,
+        "candidate_bits": [2, 4, 8],
+    }
+    chosen = {}
+    for size in ("model", "weights"):
+        pipeline = nncf_ext.create_compression(ModularNet(), mqat(allocation={**allocation, "size": size}), X)
+        chosen[size] = module_bits(pipeline.algorithms[0])  # type: ignore[arg-type]
+    assert set(chosen["weights"].values()) == {8}
+    assert min(chosen["model"].values()) < 8
+    with pytest.raises(ConfigError, match="size"):
+        nncf_ext.create_compression(ModularNet(), mqat(allocation={**allocation, "size": "all"}), X)
+
+
 def test_allocation_costs_remove_noise_and_prefer_wider_formats() -> None:
     costs = allocation_costs({2: 0.3, 4: -0.01, 6: 0.02, 8: 0.0})
     assert costs[2] == pytest.approx(0.3, abs=1e-5) and all(
