@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, cast
 
@@ -32,6 +33,10 @@ class RetrievalModule(pl.LightningModule):
     workers so each epoch's loader sees the new tuples. With ``batch_negatives`` every allowed image of the
     batch (other tuples included) is also a negative of each anchor, at no extra forward cost.
 
+    With a ``teacher`` (typically the uncompressed model a compressed copy started from) every training
+    image's descriptor is also pulled towards the teacher's: ``distill_weight`` x the mean squared distance
+    is added to the triplet loss (descriptor distillation). The teacher is a frozen copy in eval mode.
+
     Validation logs ``val/mAP_easy``, ``val/mAP_medium``, ``val/mAP_hard`` and ``val/mP@k_<protocol>``
     through ``val_metric`` (default: a :class:`RevisitedMAP` over the datamodule's ``val_data``).
     """
@@ -53,6 +58,8 @@ class RetrievalModule(pl.LightningModule):
         seed: int = 0,
         tuples: TrainingTuples | None = None,
         val_metric: RevisitedMAP | None = None,
+        teacher: torch.nn.Module | None = None,
+        distill_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if (
@@ -64,16 +71,27 @@ class RetrievalModule(pl.LightningModule):
             raise ModelError(
                 "RetrievalModule: mine_every_n_epochs, candidates and max_tuples must be >= 1 and lr > 0"
             )
+        if distill_weight < 0:
+            raise ModelError(f"RetrievalModule: distill_weight must be >= 0, got {distill_weight}")
         if mining not in ("semi-hard", "hardest"):
             raise ModelError(f"RetrievalModule: mining must be 'semi-hard' or 'hardest', got {mining!r}")
-        self.save_hyperparameters(ignore=["model", "tuples", "val_metric"])
+        self.save_hyperparameters(ignore=["model", "tuples", "val_metric", "teacher"])
         self.model = model
+        # a frozen private copy, not a submodule: checkpoints, the optimiser and the compression callback see
+        # only ``model``, and the caller's network is left as it was
+        self._teacher = (copy.deepcopy(teacher).requires_grad_(False).eval(),) if teacher is not None else ()
         self.loss_fn = TripletLoss(margin)
         self.tuples = tuples
         self.val_metric = val_metric
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+    def train(self, mode: bool = True) -> RetrievalModule:
+        super().train(mode)
+        for teacher in self._teacher:  # its BatchNorm statistics must not drift
+            teacher.eval()
+        return self
 
     def setup(self, stage: str) -> None:
         """Find the validation metric: ``val_metric`` or one over the datamodule's ``val_data``."""
@@ -153,7 +171,8 @@ class RetrievalModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, pool_idx = batch  # (B, 2 + n, 3, H, W), (B, 2 + n)
         b, t = images.shape[:2]
-        desc = self.model(_fast(images.flatten(0, 1))).view(b, t, -1)
+        flat = _fast(images.flatten(0, 1))
+        desc = self.model(flat).view(b, t, -1)
         if self.hparams["batch_negatives"]:  # every allowed image of the batch is a negative of every anchor
             tuples = self._training_tuples()
             rows = self._anchor_rows(tuples)[pool_idx[:, 0].cpu()]
@@ -163,6 +182,12 @@ class RetrievalModule(pl.LightningModule):
             )
         else:
             loss = self.loss_fn(desc)
+        if self._teacher and self.hparams["distill_weight"] > 0:
+            with torch.no_grad():
+                target = self._teacher[0].to(flat.device)(flat).view(b, t, -1)
+            distill = (desc - target).square().sum(-1).mean()
+            self.log("train/distill", distill, on_step=False, on_epoch=True, batch_size=b)
+            loss = loss + self.hparams["distill_weight"] * distill
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
         return loss
 

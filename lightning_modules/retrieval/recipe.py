@@ -77,12 +77,19 @@ def train(
     recipe: BaseRecipe,
     epochs: int | None = None,
     validate_every: int | None = None,
+    teacher: torch.nn.Module | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` in place with :class:`RetrievalModule`; returns ``{"seconds", "val"}``."""
+    """Fine-tune ``model`` in place with :class:`RetrievalModule` (distilling ``teacher``'s descriptors when
+    given); returns ``{"seconds", "val"}``."""
     epochs = recipe.epochs if epochs is None else epochs
     module = RetrievalModule(
-        model, lr=recipe.lr, seed=recipe.seed, max_tuples=recipe.tuples_per_epoch, **recipe.module_options
+        model,
+        lr=recipe.lr,
+        seed=recipe.seed,
+        max_tuples=recipe.tuples_per_epoch,
+        teacher=teacher,
+        **recipe.module_options,
     )
     trainer = quiet_trainer(epochs, check_val_every_n_epoch=validate_every or epochs, **trainer_kwargs)
     pl.seed_everything(recipe.seed, verbose=False)  # shuffling does not depend on what ran before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from lightning_modules.data.places_synth import SynthConfig, generate_places
 from lightning_modules.retrieval import RetrievalDataModule, RetrievalModule, build_retrieval_net, evaluate
+from nncf_ext.errors import ModelError
 
 TINY = SynthConfig(
     num_places=8, easy_views=2, hard_views=2, junk_views=1, distractors=8, image_size=48, query_size=64
@@ -67,6 +69,35 @@ def test_two_epochs_raise_map(tiny_root: Path, batch_negatives: bool, gain: floa
     mined_rows = torch.tensor([rows[a] for a in tuples.tuples[:, 0].tolist()])
     assert not tuples.forbidden[mined_rows[:, None], tuples.tuples[:, 2:]].any()
     assert tuples.positives[mined_rows, tuples.tuples[:, 1]].all()
+
+
+def test_distillation_keeps_descriptors_near_the_teacher(tiny_root: Path) -> None:
+    """With a teacher, training pulls descriptors towards it; the caller's teacher is untouched, the frozen
+    copy keeps its BatchNorm statistics, and neither is in the checkpoint."""
+    dm, teacher = tiny_setup(tiny_root, batch_norm=False)
+    images = next(iter(dm.init_dataloader()))[0][:32]
+    with torch.no_grad():
+        target = teacher.eval()(images)
+    drift = {}
+    for weight in (0.0, 1.0):
+        student = copy.deepcopy(teacher).train()
+        module = RetrievalModule(student, lr=1e-3, teacher=teacher, distill_weight=weight)
+        pl.seed_everything(0, verbose=False)
+        trainer(max_epochs=2, limit_val_batches=0).fit(module, datamodule=dm)
+        with torch.no_grad():
+            drift[weight] = float((student.eval()(images) - target).square().sum(-1).mean())
+    assert drift[1.0] < 0.25 * drift[0.0]  # measured: 0.07 against 1.08
+
+    dm, teacher = tiny_setup(tiny_root)  # with BatchNorm
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    module = RetrievalModule(copy.deepcopy(teacher), lr=1e-3, teacher=teacher)
+    trainer(max_epochs=1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert all(torch.equal(v, state[k]) for k, v in module._teacher[0].state_dict().items())
+    assert all(torch.equal(v, state[k]) for k, v in teacher.state_dict().items())
+    assert all(p.requires_grad for p in teacher.parameters())
+    assert all(k.startswith("model.") for k in module.state_dict())
+    with pytest.raises(ModelError, match="distill_weight"):
+        RetrievalModule(teacher, teacher=teacher, distill_weight=-1.0)
 
 
 class RecordTuples(pl.Callback):
