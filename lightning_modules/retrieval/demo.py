@@ -3,8 +3,9 @@
 
 1. A base model (small backbone + NetVLAD + PCA whitening) is trained on ``synth_train``.
 2. Each row of the paper's table is one fine-tuning run of the base model under a config file derived from
-   ``examples/configs/place_recognition.json`` (L1 + threshold pruning, then 8- or 5-bit k-means trained
-   quantization), applied by :class:`NNCFCompressionCallback` inside ``Trainer.fit``.
+   ``examples/configs/place_recognition.json`` (L1 + threshold pruning, then k-means trained quantization:
+   8, 5 or 4 bits, the whitening layer and NetVLAD's centroids at their own width), applied by
+   :class:`NNCFCompressionCallback` inside ``Trainer.fit``.
 3. NNCF's baseline gets the same fine-tuning epochs: ``nncf.prune`` (global magnitude, exponential ramp to
    the target ratio), then ``nncf.quantize`` (int8 weights and activations).
 4. Every model is written as a Deep Compression archive (its size gives the compression ratio) and exported
@@ -49,15 +50,25 @@ METRIC = "mAP_medium"
 @dataclass(frozen=True)
 class RecipeRow:
     """One row of the paper's table: pruning quality ``q`` (x std) for convolutions and for the whitening
-    layer, then ``bits``-bit k-means trained quantization."""
+    layer, then k-means trained quantization: ``bits`` for convolutions, ``fc_bits`` (default ``bits``) for
+    the whitening layer and NetVLAD's centroids (Deep Compression's 8-bit conv / 5-bit fc split)."""
 
     conv_q: float
     fc_q: float
     bits: int
+    fc_bits: int | None = None
+
+    @property
+    def whitening_bits(self) -> int:
+        return self.bits if self.fc_bits is None else self.fc_bits
+
+    @property
+    def bits_label(self) -> str:
+        return f"{self.bits}" if self.whitening_bits == self.bits else f"{self.bits}/{self.whitening_bits}"
 
     @property
     def name(self) -> str:
-        return f"q{self.conv_q:g}-{self.fc_q:g}_{self.bits}bit"
+        return f"q{self.conv_q:g}-{self.fc_q:g}_{self.bits_label.replace('/', '-')}bit"
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,11 @@ class DemoSettings:
     epochs: int = 16  # fine-tuning epochs of every compressed model (and of the control)
     rows: tuple[RecipeRow, ...] = (
         RecipeRow(0.5, 1.5, 8),
-        RecipeRow(0.5, 2.0, 8),
-        RecipeRow(0.75, 2.5, 8),
+        RecipeRow(0.5, 2.0, 8, 5),
+        RecipeRow(0.75, 2.5, 8, 5),
         RecipeRow(0.75, 2.5, 5),
         RecipeRow(1.0, 3.0, 5),
-        RecipeRow(1.25, 3.0, 4),
+        RecipeRow(1.25, 3.0, 5, 4),
     )
     nncf_ratios: tuple[float, ...] = (0.8, 0.9, 0.95)  # nncf.prune target ratios (global magnitude)
     control: bool = True  # also fine-tune the uncompressed base for ``epochs``
@@ -104,10 +115,18 @@ def row_config(template: dict[str, Any], row: RecipeRow) -> dict[str, Any]:
                 "compression.threshold", "the template's thresholds must be ramps with a 'target'"
             )
         threshold["target"] = q
-    kmeans = [e for e in compression if e.get("algorithm") == "kmeans_quantization"]
-    if len(kmeans) != 1:
-        raise ConfigError("compression", "the template needs exactly one kmeans_quantization entry")
-    kmeans[0]["bits"] = row.bits
+    kmeans = {
+        tuple(e.get("target_scope", {}).get("types", [])): e
+        for e in compression
+        if e.get("algorithm") == "kmeans_quantization"
+    }
+    if sorted(kmeans) != [("conv2d",), ("linear",)]:
+        raise ConfigError(
+            "compression",
+            "the template needs two kmeans_quantization entries: target_scope types ['conv2d'], ['linear']",
+        )
+    kmeans["conv2d",]["bits"] = row.bits
+    kmeans["linear",]["bits"] = row.whitening_bits
     config["description"] = f"{template.get('description', '')} [demo row {row.name}]"
     return config
 
@@ -225,10 +244,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     splits = result["test_sets"]
     fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4.5), squeeze=False)
+    ours = sorted({r["group"] for r in result["rows"] if r["group"].startswith("ours")})
+    colours = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:cyan", "tab:olive", "tab:brown")
+    styles = list(zip("osvph<>", colours, strict=True))
     groups = {
-        "ours 8-bit": ("o", "tab:blue"),
-        "ours 5-bit": ("s", "tab:green"),
-        "ours 4-bit": ("v", "tab:purple"),
+        **{group: styles[i % len(styles)] for i, group in enumerate(ours)},
         "NNCF magnitude pruning + int8 weights": ("^", "tab:red"),
         "fine-tuned FP32 (control)": ("D", "tab:gray"),
     }
@@ -327,7 +347,7 @@ def run(
         seed=recipe.seed,
     )
     tests = {s: load_revisited(paths[s]) for s in settings.test_sets}
-    trainer_kwargs = {"enable_progress_bar": settings.progress_bar, "limit_val_batches": 0}
+    trainer_kwargs: dict[str, Any] = {"enable_progress_bar": settings.progress_bar, "limit_val_batches": 0}
     example = torch.zeros(1, 3, recipe.image_size, recipe.image_size)
 
     print(
@@ -368,8 +388,8 @@ def run(
         callback = NNCFCompressionCallback(config_path, print_statistics=False)
         train(model, datamodule, tune, settings.epochs, callbacks=[callback], **trainer_kwargs)
         scored = score(model, row.name, out, example, tests, recipe.image_size, base_bytes)
-        group = f"ours {row.bits}-bit"
-        method = f"prune + L1, {row.bits}-bit k-means"
+        group = f"ours {row.bits_label}-bit"
+        method = f"prune + L1, {row.bits_label}-bit k-means"
         finish({**scored, "method": method, "group": group, "threshold": f"{row.conv_q:g}/{row.fc_q:g}"})
     for ratio in settings.nncf_ratios:
         pruned = nncf_prune_int8(

@@ -10,6 +10,7 @@ from lightning_modules.retrieval.demo import TEMPLATE, DemoSettings, RecipeRow, 
 from lightning_modules.retrieval.recipe import BaseRecipe
 from nncf_ext.cli import main
 from nncf_ext.errors import ConfigError
+from nncf_ext.export import load_archive
 
 TINY = SynthConfig(
     num_places=6, easy_views=2, hard_views=1, junk_views=1, distractors=6, image_size=48, query_size=64
@@ -18,14 +19,17 @@ TINY = SynthConfig(
 
 def test_row_config_fills_the_template() -> None:
     template = json.loads(TEMPLATE.read_text())
-    config = row_config(template, RecipeRow(0.75, 2.5, 5))
+    config = row_config(template, RecipeRow(0.75, 2.5, 8, 5))
     by_type = {
         e["target_scope"]["types"][0]: e["threshold"]["target"]
         for e in config["compression"]
         if e["algorithm"] == "threshold_pruning"
     }
     assert by_type == {"conv2d": 0.75, "linear": 2.5}
-    assert [e["bits"] for e in config["compression"] if e["algorithm"] == "kmeans_quantization"] == [5]
+    kmeans = [e for e in config["compression"] if e["algorithm"] == "kmeans_quantization"]
+    assert [(e["target_scope"]["types"], e["bits"]) for e in kmeans] == [(["conv2d"], 8), (["linear"], 5)]
+    assert RecipeRow(0.75, 2.5, 8, 5).name == "q0.75-2.5_8-5bit"
+    assert row_config(template, RecipeRow(0.5, 2.0, 4))["compression"][4]["bits"] == 4
     assert template["compression"][1]["threshold"]["target"] == 0.5  # the template itself is untouched
     nncf_ext.load_config(config)
 
@@ -73,3 +77,5 @@ def test_tiny_demo_writes_table_plot_archives_and_irs(tmp_path: Path) -> None:
         assert ours["drop"][split] == pytest.approx(100 * (base_ir - ours[split]["mAP_medium"]))
     assert (out / "ir" / f"{ours['name']}.bin").stat().st_size == ours["ir_bin_bytes"]
     assert json.loads((out / "configs" / f"{ours['name']}.json").read_text())["compression"][3]["bits"] == 5
+    stored = load_archive(out / "archives" / f"{ours['name']}.dca")
+    assert len(stored["netvlad.centroids"].unique()) <= 32  # NetVLAD's centroids share a 5-bit codebook too
