@@ -219,14 +219,16 @@ def main() -> None:
         "--lr-scale", type=float, default=None,
         help="fine-tuning peak LR as a fraction of the base's (default: pose 0.01, retrieval 0.2)",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every fine-tuning run (data order)")
     args = parser.parse_args()
+    if args.lr_scale is not None and args.lr_scale <= 0:
+        parser.error(f"--lr-scale must be > 0, got {args.lr_scale}")
     pl.seed_everything(args.seed, verbose=False)
     task: TaskAdapter
     if args.task == "retrieval":
-        task = RetrievalAdapter(args.lr_scale or 0.2)
+        task = RetrievalAdapter(0.2 if args.lr_scale is None else args.lr_scale)
     else:
-        task = PoseAdapter(args.base, args.train_limit, args.lr_scale or 0.01)
+        task = PoseAdapter(args.base, args.train_limit, 0.01 if args.lr_scale is None else args.lr_scale)
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}"
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("sensitivity_*.json"):  # tables of an earlier base must not be reused

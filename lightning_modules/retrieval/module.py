@@ -77,8 +77,9 @@ class RetrievalModule(pl.LightningModule):
             raise ModelError(f"RetrievalModule: mining must be 'semi-hard' or 'hardest', got {mining!r}")
         self.save_hyperparameters(ignore=["model", "tuples", "val_metric", "teacher"])
         self.model = model
-        # a frozen private copy, not a submodule: checkpoints, the optimiser and the compression callback see
-        # only ``model``, and the caller's network is left as it was
+        # a frozen private copy in eval mode, not a submodule: ``train()`` never reaches it (its BatchNorm
+        # statistics stay), checkpoints, the optimiser and the compression callback see only ``model``, and
+        # the caller's network is left as it was
         self._teacher = (copy.deepcopy(teacher).requires_grad_(False).eval(),) if teacher is not None else ()
         self.loss_fn = TripletLoss(margin)
         self.tuples = tuples
@@ -86,12 +87,6 @@ class RetrievalModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
-
-    def train(self, mode: bool = True) -> RetrievalModule:
-        super().train(mode)
-        for teacher in self._teacher:  # its BatchNorm statistics must not drift
-            teacher.eval()
-        return self
 
     def setup(self, stage: str) -> None:
         """Find the validation metric: ``val_metric`` or one over the datamodule's ``val_data``."""

@@ -32,6 +32,9 @@ def test_row_config_fills_the_template() -> None:
     assert row_config(template, RecipeRow(0.5, 2.0, 4))["compression"][4]["bits"] == 4
     assert template["compression"][1]["threshold"]["target"] == 0.5  # the template itself is untouched
     nncf_ext.load_config(config)
+    one_codebook = {**template, "compression": template["compression"][:4]}  # no whitening k-means entry
+    with pytest.raises(ConfigError, match="two kmeans_quantization entries"):
+        row_config(one_codebook, RecipeRow(0.5, 2.0, 8))
 
 
 def test_template_without_a_whitening_pruning_entry_is_refused(tmp_path: Path) -> None:
