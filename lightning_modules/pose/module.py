@@ -14,6 +14,7 @@ from lightning_modules.pose.decode import Aggregation, PoseEstimates, decode_pos
 from lightning_modules.pose.loss import pose_loss
 from lightning_modules.pose.model import PoseNet, cell_grid
 from lightning_modules.pose.targets import encode_targets
+from lightning_modules.pose.zoom import projected_extent, zoom_crops, zoom_factors, zoom_matrices
 
 
 class PoseModule(pl.LightningModule):
@@ -39,6 +40,8 @@ class PoseModule(pl.LightningModule):
         min_score: float = 0.2,
         top_k: int = 32,
         aggregation: Aggregation = "median",
+        zoom_size: float | None = 56.0,
+        max_zoom: float = 2.0,
         thresholds: Sequence[float] = THRESHOLDS,
     ) -> None:
         super().__init__()
@@ -84,7 +87,30 @@ class PoseModule(pl.LightningModule):
 
     @torch.no_grad()
     def predict_poses(self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor) -> PoseEstimates:
-        """Poses of the objects of class ``labels`` (B,) in ``images`` with intrinsics K (B, 3, 3)."""
+        """Poses of the objects of class ``labels`` (B,) in ``images`` with intrinsics K (B, 3, 3).
+
+        With ``zoom_size`` set, an object found smaller than ``zoom_size`` pixels is decoded again from a
+        crop magnified about it (at most ``max_zoom``x, see ``pose.zoom``), and that pose replaces the first.
+        """
+        est = self._decode(images, labels, K)
+        if self.hparams["zoom_size"] is None:
+            return est
+        K_np = np.asarray(K.detach().cpu(), dtype=np.float64)
+        kp = self.keypoints_3d.cpu().numpy()[labels.cpu().numpy()]
+        sizes, centres = projected_extent(kp, est.R, est.t, K_np)
+        zooms = zoom_factors(sizes, self.hparams["zoom_size"], self.hparams["max_zoom"])
+        redo = np.flatnonzero(est.detected & (zooms > 1.0))
+        if len(redo) == 0:
+            return est
+        A = zoom_matrices(centres[redo], zooms[redo], (images.shape[-2], images.shape[-1]))
+        index = torch.from_numpy(redo).to(images.device)
+        crops = zoom_crops(images[index], A)
+        second = self._decode(crops, labels[index], torch.from_numpy(A @ K_np[redo]))
+        found = redo[second.detected]
+        est.R[found], est.t[found] = second.R[second.detected], second.t[second.detected]
+        return est
+
+    def _decode(self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor) -> PoseEstimates:
         logits, offsets = self(images)
         centres, strides = self._cells(images)
         return decode_poses(
