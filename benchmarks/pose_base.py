@@ -23,10 +23,8 @@ HELD_OUT = range(600, 1200)
 
 def main() -> None:
     import torch
-    from torch.utils.data import DataLoader, Subset
 
     from benchmarks.common import report
-    from lightning_modules.data.bop import BopEvalDataset
     from lightning_modules.data.pose_synth import SynthConfig, pose_synth
     from lightning_modules.metrics.pose import DEPTH_BINS, THRESHOLDS
     from lightning_modules.pose.keypoints import KEYPOINTS
@@ -43,7 +41,6 @@ def main() -> None:
 
     start = time.perf_counter()
     root = pose_synth(SynthConfig())
-    held_out_root = pose_synth(SynthConfig(num_train=0, num_test=HELD_OUT.stop))
     data_seconds = time.perf_counter() - start
     cfg = TrainConfig(
         epochs=args.epochs, train_limit=args.train_limit, keypoints=args.keypoints, precision=args.precision
@@ -61,17 +58,14 @@ def main() -> None:
     load_after = os.getloadavg()
 
     _, test_loader, _ = data_loaders(root, cfg)
-    held_out = BopEvalDataset(held_out_root, cfg.test_split, keypoints=cfg.keypoints)
-    held_out_loader = DataLoader(
-        Subset(held_out, HELD_OUT), batch_size=cfg.batch_size, collate_fn=BopEvalDataset.collate
-    )
+    held_out, held_out_root = held_out_loader(cfg.keypoints, cfg.batch_size)
     defaults = {k: module.hparams[k] for k in ("aggregation", "zoom_size")}
     variants: dict[str, Any] = {}
     for aggregation in AGGREGATIONS:
         for zoom in (None, defaults["zoom_size"] or 56.0):
             module.hparams.update(aggregation=aggregation, zoom_size=zoom)
             metrics, seconds = evaluate(module, test_loader)
-            held_out_metrics, _ = evaluate(module, held_out_loader)
+            held_out_metrics, _ = evaluate(module, held_out)
             name = f"{aggregation}, " + (f"zoom to {zoom:g} px" if zoom else "no zoom")
             variants[name] = {
                 "aggregation": aggregation,
@@ -82,7 +76,7 @@ def main() -> None:
             }
     module.hparams.update(defaults)
     result["metrics"], _ = evaluate(module, test_loader)
-    result["held_out_metrics"], _ = evaluate(module, held_out_loader)
+    result["held_out_metrics"], _ = evaluate(module, held_out)
     print(metrics_table(result["metrics"]))
 
     header = [
@@ -124,6 +118,18 @@ def main() -> None:
             "keypoints": cfg.keypoints,
         }
         torch.save(state, args.checkpoint)
+
+
+def held_out_loader(keypoints: str = "bbox", batch_size: int = 32) -> tuple[Any, Any]:
+    """Evaluation loader over the ``HELD_OUT`` images (generated on first use) and the data set's root."""
+    from torch.utils.data import DataLoader, Subset
+
+    from lightning_modules.data.bop import BopEvalDataset
+    from lightning_modules.data.pose_synth import SynthConfig, pose_synth
+
+    root = pose_synth(SynthConfig(num_train=0, num_test=HELD_OUT.stop))
+    data = Subset(BopEvalDataset(root, "test", keypoints=keypoints), HELD_OUT)
+    return DataLoader(data, batch_size=batch_size, collate_fn=BopEvalDataset.collate), root
 
 
 def load(checkpoint: str) -> Any:
