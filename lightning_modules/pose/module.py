@@ -48,6 +48,10 @@ class PoseModule(pl.LightningModule):
         kp = np.asarray(keypoints_3d, dtype=np.float64)
         if kp.ndim != 3 or kp.shape[1:] != (9, 3):
             raise ValueError(f"keypoints_3d must have shape (C, 9, 3), got {kp.shape}")
+        if zoom_size is not None and not zoom_size > 0:
+            raise ValueError(f"zoom_size must be > 0 pixels (or None: no zoom-in pass), got {zoom_size}")
+        if not max_zoom >= 1:
+            raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
         self.save_hyperparameters()
         self.hparams["keypoints_3d"] = kp.tolist()  # plain lists in checkpoints / hparams.yaml
         self.model = PoseNet(len(kp), widths, fpn_channels, head_convs)
@@ -95,19 +99,21 @@ class PoseModule(pl.LightningModule):
         est = self._decode(images, labels, K)
         if self.hparams["zoom_size"] is None:
             return est
-        K_np = np.asarray(K.detach().cpu(), dtype=np.float64)
-        kp = self.keypoints_3d.cpu().numpy()[labels.cpu().numpy()]
-        sizes, centres = projected_extent(kp, est.R, est.t, K_np)
+        found = np.flatnonzero(est.detected)
+        K_np = np.asarray(K.detach().cpu(), dtype=np.float64)[found]
+        kp = self.keypoints_3d.cpu().numpy()[labels.cpu().numpy()[found]]
+        sizes, centres = projected_extent(kp, est.R[found], est.t[found], K_np)
         zooms = zoom_factors(sizes, self.hparams["zoom_size"], self.hparams["max_zoom"])
-        redo = np.flatnonzero(est.detected & (zooms > 1.0))
-        if len(redo) == 0:
+        small = zooms > 1.0
+        if not small.any():
             return est
-        A = zoom_matrices(centres[redo], zooms[redo], (images.shape[-2], images.shape[-1]))
+        redo, K_np = found[small], K_np[small]
+        A = zoom_matrices(centres[small], zooms[small], (images.shape[-2], images.shape[-1]))
         index = torch.from_numpy(redo).to(images.device)
         crops = zoom_crops(images[index], A)
-        second = self._decode(crops, labels[index], torch.from_numpy(A @ K_np[redo]))
-        found = redo[second.detected]
-        est.R[found], est.t[found] = second.R[second.detected], second.t[second.detected]
+        second = self._decode(crops, labels[index], torch.from_numpy(A @ K_np))
+        replaced = redo[second.detected]
+        est.R[replaced], est.t[replaced] = second.R[second.detected], second.t[second.detected]
         return est
 
     def _decode(self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor) -> PoseEstimates:

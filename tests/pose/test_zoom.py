@@ -84,25 +84,29 @@ class RampOracle(nn.Module):
             kp_crop = torch.linalg.solve(M, (self.keypoints_2d[index] - c).T).T  # (9, 2)
             offsets.append((kp_crop[None] - centres[:, None].double()) / strides[:, None, None].double())
         logits = torch.full((b, len(centres), 1), 5.0)
+        logits[images[:, 2, 0, 0] > 0.15] = -10.0  # image 2 shows no object
         return logits, torch.stack(offsets).float()
 
 
 def test_small_objects_are_decoded_again_from_a_zoomed_crop_with_its_intrinsics() -> None:
     """An exact oracle gives the exact pose in both passes only if the crop's intrinsics are A @ K; the
     second pass runs only for the object smaller than ``zoom_size``."""
-    t_gt = np.array([[3.0, -2.0, 550.0], [-4.0, 2.0, 250.0]])  # about 24 px and 53 px wide
+    t_gt = np.array([[3.0, -2.0, 550.0], [-4.0, 2.0, 250.0], [0.0, 0.0, 500.0]])  # ~24 px, ~53 px, none
     kp2d = np.stack([project(KP3D, K, R_GT, t) for t in t_gt])
     module = PoseModule([KP3D.tolist()], zoom_size=40.0, aggregation="mean")
     oracle = RampOracle(kp2d)
     module.model = oracle  # type: ignore[assignment]
-    labels, Ks = torch.zeros(2, dtype=torch.long), torch.from_numpy(np.stack([K, K]))
-    est = module.predict_poses(ramp_images(2).float(), labels, Ks)
-    assert oracle.batch_sizes == [2, 1]
-    assert est.detected.all()
+    labels, Ks = torch.zeros(3, dtype=torch.long), torch.from_numpy(np.stack([K, K, K]))
+    est = module.predict_poses(ramp_images(3).float(), labels, Ks)
+    assert oracle.batch_sizes == [3, 1]
+    assert est.detected.tolist() == [True, True, False]
     for i in range(2):
         np.testing.assert_allclose(est.R[i], R_GT, atol=1e-3)
         np.testing.assert_allclose(est.t[i], t_gt[i], rtol=1e-3)
     oracle.batch_sizes.clear()
     module.hparams["zoom_size"] = None
-    module.predict_poses(ramp_images(2).float(), labels, Ks)
-    assert oracle.batch_sizes == [2]
+    module.predict_poses(ramp_images(3).float(), labels, Ks)
+    assert oracle.batch_sizes == [3]
+    for bad in ({"zoom_size": 0.0}, {"max_zoom": 0.5}):
+        with pytest.raises(ValueError, match="zoom"):
+            PoseModule([KP3D.tolist()], **bad)  # type: ignore[arg-type]
