@@ -140,7 +140,9 @@ class PoseAdapter:
     metric = "add_0.1d"
     columns = ("add_0.1d", "add_0.1d_near", "add_0.1d_medium", "add_0.1d_far", "held_out_add_0.1d")
 
-    def __init__(self, checkpoint: Path, train_limit: int | None, lr_scale: float = 0.01) -> None:
+    def __init__(
+        self, checkpoint: Path, train_limit: int | None, lr_scale: float = 0.01, seed: int = 0
+    ) -> None:
         from lightning_modules.data.bop import BopEvalDataset
         from lightning_modules.data.pose_synth import SynthConfig, pose_synth
         from lightning_modules.pose.run import TrainConfig, data_loaders
@@ -149,7 +151,7 @@ class PoseAdapter:
         self.lr_scale = lr_scale
         self.hparams, self.state = payload["hparams"], payload["state_dict"]
         self.root = pose_synth(SynthConfig())
-        self.cfg = TrainConfig(train_limit=train_limit, keypoints=payload.get("keypoints", "bbox"))
+        self.cfg = TrainConfig(train_limit=train_limit, keypoints=payload.get("keypoints", "bbox"), seed=seed)
         self.train_loader, self.test_loader, train = data_loaders(self.root, self.cfg)
         self.held_out_loader, _ = held_out_loader(self.cfg.keypoints, self.cfg.batch_size)
         if not np.allclose(train.keypoints_3d(), np.asarray(self.hparams["keypoints_3d"])):
@@ -180,7 +182,10 @@ class PoseAdapter:
         trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              callbacks=callbacks)  # fmt: skip
-        trainer.fit(self._module(model), self.train_loader)
+        # a fresh loader per run: every method sees the same image order and augmentations (``cfg.seed``)
+        from lightning_modules.pose.run import data_loaders
+
+        trainer.fit(self._module(model), data_loaders(self.root, self.cfg)[0])
 
     def _score(self, model: nn.Module, loader: Any) -> dict[str, float]:
         from lightning_modules.pose.run import evaluate
@@ -223,7 +228,9 @@ def main() -> None:
         "--lr-scale", type=float, default=None,
         help="fine-tuning peak LR as a fraction of the base's (default: pose 0.01, retrieval 0.2)",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of every fine-tuning run (data order)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every fine-tuning run (data order, augmentation)"
+    )
     args = parser.parse_args()
     if args.lr_scale is not None and args.lr_scale <= 0:
         parser.error(f"--lr-scale must be > 0, got {args.lr_scale}")
@@ -232,7 +239,8 @@ def main() -> None:
     if args.task == "retrieval":
         task = RetrievalAdapter(0.2 if args.lr_scale is None else args.lr_scale)
     else:
-        task = PoseAdapter(args.base, args.train_limit, 0.01 if args.lr_scale is None else args.lr_scale)
+        lr_scale = 0.01 if args.lr_scale is None else args.lr_scale
+        task = PoseAdapter(args.base, args.train_limit, lr_scale, args.seed)
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}"
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("sensitivity_*.json"):  # tables of an earlier base must not be reused
