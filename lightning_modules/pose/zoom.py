@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from lightning_modules.pose.keypoints import project
+
 
 def projected_extent(
     keypoints_3d: np.ndarray, R: np.ndarray, t: np.ndarray, K: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """2D size (B,) (largest side of the keypoints' bounding box, px) and centre (B, 2) of the keypoints
     (B, k, 3) posed by R (B, 3, 3), t (B, 3) and projected by K (B, 3, 3); the same size as the targets'."""
-    cam = np.einsum("bij,bkj->bki", R, keypoints_3d) + t[:, None, :]
-    uv = np.einsum("bij,bkj->bki", K, cam)
-    uv = uv[..., :2] / np.clip(uv[..., 2:], 1e-6, None)
+    uv = project(keypoints_3d, K, R, t)
     lo, hi = uv.min(1), uv.max(1)
     return (hi - lo).max(-1), (lo + hi) / 2
 
