@@ -2,9 +2,11 @@
 
 Each module (backbone, FPN, head, ...) gets one bit-width, given explicitly or chosen by the ILP from a
 sensitivity table under a target compression. Modules are quantized one per stage, in a gradated order
-(least sensitive first by default), each stage fine-tuning for ``epochs_per_stage`` epochs while the modules
-quantized earlier stay quantized (trainable or frozen). ``"order": "simultaneous"`` quantizes all modules at
-once, which with an ILP allocation from Hessian sensitivities is the HAWQ-V3 baseline.
+(least sensitive first by default), each stage fine-tuning for ``epochs_per_stage`` epochs (or
+``steps_per_stage`` training steps, for fine-tunes of a few epochs) while the modules quantized earlier stay
+quantized (trainable or frozen). The last stage lasts until training ends. ``"order": "simultaneous"``
+quantizes all modules at once, which with an ILP allocation from Hessian sensitivities is the HAWQ-V3
+baseline.
 
 ::
 
@@ -59,6 +61,9 @@ class MQATConfig(AlgorithmConfig):
     order: str | tuple[str, ...] = "sensitivity"
     start_epoch: int = 0
     epochs_per_stage: int = 1
+    # stages after the first begin every N ``step()`` calls (one per training batch under the Lightning
+    # callback), counted from the start of ``start_epoch``; None: stages follow epochs
+    steps_per_stage: int | None = None
     freeze_quantized: bool = False
     weights: WeightQuantizationConfig = field(default_factory=WeightQuantizationConfig)
     activation_bits: int | str | None = None  # an int, "module" (the module's bits) or None (weights only)
@@ -102,6 +107,7 @@ class MQAT(CompressionAlgorithm):
         self.order: list[str] = []
         self.stages: dict[str, UniformQuantization] = {}
         self.table: SensitivityTable | None = None
+        self.steps = 0  # step() calls since ``start_epoch`` began (``steps_per_stage``)
 
     # -- config ------------------------------------------------------------------------------------------
     @classmethod
@@ -126,6 +132,11 @@ class MQAT(CompressionAlgorithm):
             raise ConfigError(
                 r.sub("order"), 'expected "sensitivity", "configured", "simultaneous" or a list of modules'
             )
+        steps_per_stage = None
+        if r.raw("steps_per_stage", None) is not None:
+            if r.raw("epochs_per_stage", None) is not None:
+                raise ConfigError(r.sub("steps_per_stage"), 'give "epochs_per_stage" or "steps_per_stage"')
+            steps_per_stage = r.integer("steps_per_stage", 1, minimum=1)
         w = r.reader("weights", {})
         weights = WeightQuantizationConfig(
             mode=w.string("mode", "symmetric", choices=MODES),
@@ -148,6 +159,7 @@ class MQAT(CompressionAlgorithm):
             order=order,
             start_epoch=r.integer("start_epoch", 0, minimum=0),
             epochs_per_stage=r.integer("epochs_per_stage", 1, minimum=1),
+            steps_per_stage=steps_per_stage,
             freeze_quantized=r.boolean("freeze_quantized", False),
             weights=weights,
             activation_bits=activation_bits,
@@ -166,7 +178,6 @@ class MQAT(CompressionAlgorithm):
         out: dict[str, Any] = {
             "order": list(config.order) if isinstance(config.order, tuple) else config.order,
             "start_epoch": config.start_epoch,
-            "epochs_per_stage": config.epochs_per_stage,
             "freeze_quantized": config.freeze_quantized,
             "weights": {
                 "mode": config.weights.mode,
@@ -176,6 +187,10 @@ class MQAT(CompressionAlgorithm):
             "lsq_gradient_scale": config.lsq_gradient_scale,
             **config.scopes_to_config(),
         }
+        if config.steps_per_stage is None:
+            out["epochs_per_stage"] = config.epochs_per_stage
+        else:
+            out["steps_per_stage"] = config.steps_per_stage
         if config.modules.scopes:
             out["modules"] = config.modules.to_config()
         if not config.keep_apart.is_empty:
@@ -261,11 +276,22 @@ class MQAT(CompressionAlgorithm):
         return list(self.modules)
 
     # -- stages ------------------------------------------------------------------------------------------
+    @property
+    def by_steps(self) -> bool:
+        return self.config.steps_per_stage is not None and self.config.order != "simultaneous"
+
     def stage_epoch(self, module: str) -> int:
-        """First epoch of the stage that quantizes ``module``."""
-        if self.config.order == "simultaneous":
+        """First epoch of the stage that quantizes ``module`` (the first stage's, for stages by steps)."""
+        if self.config.order == "simultaneous" or self.by_steps:
             return self.config.start_epoch
         return self.config.start_epoch + self.order.index(module) * self.config.epochs_per_stage
+
+    def stage_step(self, module: str) -> int:
+        """``step()`` calls after ``start_epoch`` began at which ``module``'s stage begins (0 by epochs)."""
+        if not self.by_steps:
+            return 0
+        assert self.config.steps_per_stage is not None
+        return self.order.index(module) * self.config.steps_per_stage
 
     def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
         self.model, self.weights, self.example_input = model, weights, example_input
@@ -291,17 +317,35 @@ class MQAT(CompressionAlgorithm):
 
     def epoch_step(self, epoch: int) -> None:
         super().epoch_step(epoch)
-        for stage in self.stages.values():
-            stage.epoch_step(epoch)
-        if self.config.freeze_quantized:
-            self._freeze(epoch)
-
-    def _freeze(self, epoch: int) -> None:
-        """Stop training the modules whose stage is over (all but the one quantized in this stage)."""
-        assert self.model is not None
-        current = max((self.stage_epoch(m) for m in self.order if self.stage_epoch(m) <= epoch), default=None)
         for module, stage in self.stages.items():
-            frozen = current is not None and self.stage_epoch(module) < current
+            if self.stage_step(module) == 0:
+                stage.epoch_step(epoch)
+        if self.config.freeze_quantized:
+            self._freeze()
+
+    def step(self) -> None:
+        if not self.by_steps or self.epoch < self.config.start_epoch:
+            return
+        self.steps += 1
+        due = [m for m in self.order if self.stage_step(m) <= self.steps]
+        started = [m for m in due if not self.stages[m].initialized]
+        for module in started:
+            self.stages[module].initialize()
+        if started and self.config.freeze_quantized:
+            self._freeze()
+
+    def _freeze(self) -> None:
+        """Stop training the modules whose stage is over (all but the one quantized in the latest stage)."""
+        assert self.model is not None
+        done = self.quantized_modules()
+        if self.config.order == "simultaneous" or self.by_steps:
+            current = max((self.stage_step(m) for m in done), default=None)
+            over = {m for m in done if self.stage_step(m) != current}
+        else:
+            current = max((self.stage_epoch(m) for m in done), default=None)
+            over = {m for m in done if self.stage_epoch(m) != current}
+        for module, stage in self.stages.items():
+            frozen = module in over
             for w in self.modules[module]:
                 get_weight(self.model, w.name).requires_grad_(not frozen)
             for quantizer in stage.weight_quantizers.values():
@@ -320,14 +364,16 @@ class MQAT(CompressionAlgorithm):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "stages": {m: s.state_dict() for m, s in self.stages.items()}}
+        stages = {m: s.state_dict() for m, s in self.stages.items()}
+        return {**super().state_dict(), "steps": self.steps, "stages": stages}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self.steps = int(state.get("steps", 0))
         for module, stage in self.stages.items():
             stage.load_state_dict(state["stages"][module])
         if self.config.freeze_quantized and self.epoch >= 0:
-            self._freeze(self.epoch)
+            self._freeze()
 
 
 def allocation_costs(measured: dict[int, float]) -> dict[int, float]:
@@ -353,10 +399,10 @@ def module_bits(algorithm: MQAT) -> dict[str, int]:
 
 
 def describe(algorithm: MQAT) -> list[dict[str, Any]]:
-    """One row per module: bits, weights, stage epoch (for tables and JSON)."""
+    """One row per module: bits, weights, stage epoch and step (for tables and JSON)."""
     return [
         {"module": m, "bits": algorithm.bits[m], "weights": sum(w.numel for w in algorithm.modules[m]),
-         "stage_epoch": algorithm.stage_epoch(m)}
+         "stage_epoch": algorithm.stage_epoch(m), "stage_step": algorithm.stage_step(m)}
         for m in algorithm.order
     ]  # fmt: skip
 

@@ -53,6 +53,48 @@ def test_modules_are_quantized_in_order_with_their_bits() -> None:
     assert {layer.name: layer.bits for layer in stats.layers}["fpn.0.weight"] == 2
 
 
+def test_stages_by_steps_begin_every_n_steps_and_resume() -> None:
+    """``steps_per_stage``: the first stage at ``start_epoch``, the next ones every N ``step()`` calls after it;
+    a restored pipeline continues the count (and freezes what the original froze)."""
+    config = mqat(bits={"backbone": 8, "fpn": 4, "head": 4}, order=["head", "fpn", "backbone"],
+                  start_epoch=1, steps_per_stage=3, freeze_quantized=True)  # fmt: skip
+    model = ModularNet()
+    pipeline = nncf_ext.create_compression(model, config, X)
+    (algorithm,) = pipeline.algorithms
+    assert isinstance(algorithm, MQAT)
+    assert [algorithm.stage_step(m) for m in algorithm.order] == [0, 3, 6]
+    pipeline.epoch_step(0)
+    for _ in range(10):  # steps before start_epoch do not count
+        pipeline.step()
+    assert algorithm.quantized_modules() == []
+    pipeline.epoch_step(1)
+    seen = []
+    for _ in range(5):
+        seen.append(algorithm.quantized_modules())
+        pipeline.step()
+    assert seen == [["head"]] * 3 + [["head", "fpn"]] * 2
+    state = pipeline.state_dict()
+    pipeline.step()
+    assert algorithm.quantized_modules() == ["head", "fpn", "backbone"]
+    assert not model.fpn[0].weight.requires_grad and model.backbone[0].weight.requires_grad
+
+    restored = ModularNet()
+    again = nncf_ext.create_compression(restored, config, X)
+    again.load_state_dict(state)
+    (resumed,) = again.algorithms
+    assert isinstance(resumed, MQAT)
+    assert resumed.quantized_modules() == ["head", "fpn"]
+    assert not restored.head.weight.requires_grad and restored.fpn[0].weight.requires_grad
+    again.step()
+    assert resumed.quantized_modules() == ["head", "fpn", "backbone"]
+    assert not restored.fpn[0].weight.requires_grad and restored.backbone[0].weight.requires_grad
+    with pytest.raises(ConfigError, match='or "steps_per_stage"') as info:
+        nncf_ext.create_compression(
+            ModularNet(), mqat(**{**config["compression"][0], "epochs_per_stage": 1}), X
+        )
+    assert info.value.path == "compression[0].steps_per_stage"
+
+
 def test_frozen_modules_stop_training() -> None:
     model = ModularNet()
     config = mqat(
