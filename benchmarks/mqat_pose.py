@@ -3,13 +3,17 @@
     python -m benchmarks.mqat_pose --task pose --base outputs/pose_base.pt   # PoseNet: backbone / fpn / head
     python -m benchmarks.mqat_pose --task retrieval                         # backbone / netvlad / whitening
 
-Every method starts from the same FP32 base and gets the same fine-tuning epochs with 8-bit activations:
+Every method starts from the same FP32 base and gets the same fine-tuning steps with 8-bit activations, on
+the same data order and augmentations for a given seed (``--seeds 0 1 2`` runs them all and reports the
+mean, each seed in brackets):
 
 * uniform LSQ: every weight at 32 / target bits (8 at 4x, 4 at 8x), learnable step sizes (LSQ gradient scale);
 * HAWQ-V3: bits per module by the ILP from Hutchinson Hessian traces x quantization perturbation, all
   modules quantized at once;
 * MQAT: bits per module by the ILP from the measured task-metric drop of quantizing each module alone,
-  modules quantized one per stage (least sensitive first), each stage fine-tuned.
+  modules quantized one per stage (least sensitive first), each stage fine-tuned; the stages before the
+  last take 1 / (2 x modules) of the steps each (``steps_per_stage``), so the fully quantized network
+  trains for the rest (2/3 with three modules).
 
 The pose base comes from ``examples/pose.py --checkpoint outputs/pose_base.pt``; the retrieval base is the
 demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json``.
@@ -50,12 +54,13 @@ class TaskAdapter(Protocol):
     metric: ClassVar[str]  # the main metric key (higher is better)
     columns: ClassVar[tuple[str, ...]]  # metric keys printed in the table
     lr_scale: float  # fine-tuning peak LR / the base's
+    steps_per_epoch: int  # optimizer steps in one fine-tuning epoch
     example: torch.Tensor  # for NNCF's graph
     calibration: torch.Tensor  # a batch of real inputs: activation quantizers take their ranges from it
 
     def base(self) -> nn.Module: ...
 
-    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None: ...
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback], seed: int) -> None: ...
 
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
@@ -96,6 +101,7 @@ class RetrievalAdapter:
         self.validation = load_revisited(paths["synth_paris"])
         self.example = torch.zeros(1, 3, r.image_size, r.image_size)
         self.calibration = next(iter(self.dm.init_dataloader()))[0][:64]
+        self.steps_per_epoch = r.tuples_per_epoch // r.batch_size
 
     def base(self) -> nn.Module:
         from lightning_modules.retrieval.recipe import build_base, train
@@ -104,10 +110,12 @@ class RetrievalAdapter:
         train(model, self.dm, self.recipe, limit_val_batches=0)
         return model
 
-    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None:
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback], seed: int) -> None:
+        from dataclasses import replace
+
         from lightning_modules.retrieval.recipe import train
 
-        train(model, self.dm, self.tune, epochs, callbacks=callbacks, limit_val_batches=0)
+        train(model, self.dm, replace(self.tune, seed=seed), epochs, callbacks=callbacks, limit_val_batches=0)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         from lightning_modules.retrieval.evaluation import evaluate
@@ -140,9 +148,7 @@ class PoseAdapter:
     metric = "add_0.1d"
     columns = ("add_0.1d", "add_0.1d_near", "add_0.1d_medium", "add_0.1d_far", "held_out_add_0.1d")
 
-    def __init__(
-        self, checkpoint: Path, train_limit: int | None, lr_scale: float = 0.01, seed: int = 0
-    ) -> None:
+    def __init__(self, checkpoint: Path, train_limit: int | None, lr_scale: float = 0.01) -> None:
         from lightning_modules.data.bop import BopEvalDataset
         from lightning_modules.data.pose_synth import SynthConfig, pose_synth
         from lightning_modules.pose.run import TrainConfig, data_loaders
@@ -151,7 +157,7 @@ class PoseAdapter:
         self.lr_scale = lr_scale
         self.hparams, self.state = payload["hparams"], payload["state_dict"]
         self.root = pose_synth(SynthConfig())
-        self.cfg = TrainConfig(train_limit=train_limit, keypoints=payload.get("keypoints", "bbox"), seed=seed)
+        self.cfg = TrainConfig(train_limit=train_limit, keypoints=payload.get("keypoints", "bbox"))
         self.train_loader, self.test_loader, train = data_loaders(self.root, self.cfg)
         self.held_out_loader, _ = held_out_loader(self.cfg.keypoints, self.cfg.batch_size)
         if not np.allclose(train.keypoints_3d(), np.asarray(self.hparams["keypoints_3d"])):
@@ -163,6 +169,7 @@ class PoseAdapter:
         )
         self.example = torch.zeros(1, 3, 128, 128)
         self.calibration = next(iter(self.train_loader))["image"]
+        self.steps_per_epoch = len(self.train_loader)
 
     def _module(self, model: nn.Module) -> Any:
         from lightning_modules.pose.module import PoseModule
@@ -178,14 +185,17 @@ class PoseAdapter:
         module.model.load_state_dict(self.state)
         return module.model
 
-    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback]) -> None:
+    def fit(self, model: nn.Module, epochs: int, callbacks: list[pl.Callback], seed: int) -> None:
+        from dataclasses import replace
+
+        from lightning_modules.pose.run import data_loaders
+
         trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              callbacks=callbacks)  # fmt: skip
-        # a fresh loader per run: every method sees the same image order and augmentations (``cfg.seed``)
-        from lightning_modules.pose.run import data_loaders
-
-        trainer.fit(self._module(model), data_loaders(self.root, self.cfg)[0])
+        # a fresh loader per run: every method sees the same image order and augmentations for a seed
+        pl.seed_everything(seed, verbose=False)
+        trainer.fit(self._module(model), data_loaders(self.root, replace(self.cfg, seed=seed))[0])
 
     def _score(self, model: nn.Module, loader: Any) -> dict[str, float]:
         from lightning_modules.pose.run import evaluate
@@ -214,6 +224,39 @@ def weight_size(model: nn.Module) -> tuple[int, int]:
     return fp32, quantized
 
 
+def method_configs(
+    task: TaskAdapter, work: Path, target: int, epochs: int, stages: int
+) -> dict[str, dict[str, Any]]:
+    """The three methods' compression entries at ``target``x over the quantized weights."""
+    activations = {"bits": 8}
+    # the budget is over the quantized weights, as the uniform baseline's 32 / bits and the ratio column
+    allocation = {"target_compression": target, "candidate_bits": CANDIDATE_BITS, "size": "weights"}
+    steps_per_stage = max(task.steps_per_epoch * epochs // (2 * stages), 1)
+    return {
+        "uniform LSQ": {"algorithm": "uniform_quantization", "weights": {"bits": 32 // target},
+                        "activations": activations, "lsq_gradient_scale": True},
+        "HAWQ-V3": {"algorithm": "mqat", "modules": task.modules, "order": "simultaneous",
+                    "allocation": {**allocation, "sensitivity": str(work / "sensitivity_hessian.json")},
+                    "activations": activations},
+        "MQAT": {"algorithm": "mqat", "modules": task.modules, "order": "sensitivity",
+                 "allocation": {**allocation, "sensitivity": str(work / "sensitivity_metric.json")},
+                 "activations": activations, "steps_per_stage": steps_per_stage},
+    }  # fmt: skip
+
+
+def summarize(runs: list[dict[str, Any]], task: TaskAdapter) -> list[dict[str, Any]]:
+    """One row per (method, target): metrics averaged over the seeds, the main metric of each seed."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for run in runs:
+        row = rows.setdefault((run["method"], run["target"]), {**run, "runs": []})
+        row["runs"].append(run)
+    for row in rows.values():
+        row["metrics"] = {c: float(np.mean([r["metrics"][c] for r in row["runs"]])) for c in row["metrics"]}
+        row["per_seed"] = {r["seed"]: r["metrics"][task.metric] for r in row["runs"]}
+        del row["runs"], row["seed"]
+    return list(rows.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -229,18 +272,21 @@ def main() -> None:
         help="fine-tuning peak LR as a fraction of the base's (default: pose 0.01, retrieval 0.2)",
     )  # fmt: skip
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of every fine-tuning run (data order, augmentation)"
-    )
+        "--seeds", type=int, nargs="+", default=[0],
+        help="seeds of the fine-tuning runs (data order, augmentation); the table shows their mean",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.lr_scale is not None and args.lr_scale <= 0:
         parser.error(f"--lr-scale must be > 0, got {args.lr_scale}")
-    pl.seed_everything(args.seed, verbose=False)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds repeat: {args.seeds}")
+    pl.seed_everything(args.seeds[0], verbose=False)
     task: TaskAdapter
     if args.task == "retrieval":
         task = RetrievalAdapter(0.2 if args.lr_scale is None else args.lr_scale)
     else:
         lr_scale = 0.01 if args.lr_scale is None else args.lr_scale
-        task = PoseAdapter(args.base, args.train_limit, lr_scale, args.seed)
+        task = PoseAdapter(args.base, args.train_limit, lr_scale)
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}"
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("sensitivity_*.json"):  # tables of an earlier base must not be reused
@@ -248,10 +294,9 @@ def main() -> None:
 
     start = time.perf_counter()
     base = task.base()
-    results: dict[str, Any] = {"task": task.name, "epochs": args.epochs, "lr_scale": task.lr_scale,
-                               "seed": args.seed, "methods": []}  # fmt: skip
     fp32 = task.evaluate(base)
-    results["methods"].append({"method": "FP32", "target": 1, "bits": {}, "ratio": 1.0, "metrics": fp32})
+    runs = [{"method": "FP32", "target": 1, "bits": {}, "ratio": 1.0, "metrics": fp32, "seed": s}
+            for s in args.seeds]  # fmt: skip
 
     weights = model_weights(base, task.example)
     modules = resolve_modules(ModuleSpec.from_config(task.modules, "modules"), weights, Scope(), "modules")
@@ -264,44 +309,43 @@ def main() -> None:
     hessian_sensitivity(base, modules, CANDIDATE_BITS, task.loss_fn(base), samples=32,
                         cache=work / "sensitivity_hessian.json")  # fmt: skip
     timings["hessian_sensitivity_s"] = time.perf_counter() - t
-    stages = len(modules)
-    activations = {"bits": 8}
-    for target in TARGETS:
-        # the budget is over the quantized weights, as the uniform baseline's 32 / bits and the ratio column
-        allocation = {"target_compression": target, "candidate_bits": CANDIDATE_BITS, "size": "weights"}
-        configs = {
-            "uniform LSQ": {"algorithm": "uniform_quantization", "weights": {"bits": 32 // target},
-                            "activations": activations, "lsq_gradient_scale": True},
-            "HAWQ-V3": {"algorithm": "mqat", "modules": task.modules, "order": "simultaneous",
-                        "allocation": {**allocation, "sensitivity": str(work / "sensitivity_hessian.json")},
-                        "activations": activations, "epochs_per_stage": args.epochs},
-            "MQAT": {"algorithm": "mqat", "modules": task.modules, "order": "sensitivity",
-                     "allocation": {**allocation, "sensitivity": str(work / "sensitivity_metric.json")},
-                     "activations": activations, "epochs_per_stage": max(args.epochs // stages, 1)},
-        }  # fmt: skip
-        for method, entry in configs.items():
-            model = copy.deepcopy(base).train()
-            callback = NNCFCompressionCallback({"compression": [entry]}, example_input=task.calibration,
-                                               print_statistics=False)  # fmt: skip
-            t = time.perf_counter()
-            task.fit(model, args.epochs, [callback])
-            seconds = time.perf_counter() - t
-            assert callback.pipeline is not None
-            algorithm = callback.pipeline.algorithms[0]
-            bits = module_bits(algorithm) if entry["algorithm"] == "mqat" else {"all": 32 // target}
-            full, quantized = weight_size(model)
-            metrics = task.evaluate(model)
-            results["methods"].append(
-                {"method": method, "target": target, "bits": bits, "ratio": full / quantized,
-                 "metrics": metrics, "seconds": seconds}
-            )  # fmt: skip
-            print(f"{method} at {target}x: bits {bits}, {task.metric} {metrics[task.metric]:.4f}", flush=True)
-    results["timings"] = {**timings, "total_s": time.perf_counter() - start}
-    header = ["method", "target", "bits", "ratio", *task.columns]
-    rows = [[m["method"], f"{m['target']}x", " ".join(f"{k}:{v}" for k, v in m["bits"].items()) or "32",
-             f"{m['ratio']:.2f}x", *(f"{100 * m['metrics'][c]:.1f}" for c in task.columns)]
-            for m in results["methods"]]  # fmt: skip
-    report(f"mqat_{task.name}", header, rows, results)
+    for seed in args.seeds:
+        for target in TARGETS:
+            for method, entry in method_configs(task, work, target, args.epochs, len(modules)).items():
+                model = copy.deepcopy(base).train()
+                callback = NNCFCompressionCallback({"compression": [entry]}, example_input=task.calibration,
+                                                   print_statistics=False)  # fmt: skip
+                t = time.perf_counter()
+                task.fit(model, args.epochs, [callback], seed)
+                seconds = time.perf_counter() - t
+                assert callback.pipeline is not None
+                algorithm = callback.pipeline.algorithms[0]
+                bits = module_bits(algorithm) if entry["algorithm"] == "mqat" else {"all": 32 // target}
+                full, quantized = weight_size(model)
+                metrics = task.evaluate(model)
+                runs.append({"method": method, "target": target, "bits": bits, "ratio": full / quantized,
+                             "metrics": metrics, "seconds": seconds, "seed": seed})  # fmt: skip
+                print(f"seed {seed}, {method} at {target}x: bits {bits}, {task.metric} "
+                      f"{metrics[task.metric]:.4f}", flush=True)  # fmt: skip
+    rows = summarize(runs, task)
+    results: dict[str, Any] = {
+        "task": task.name, "epochs": args.epochs, "lr_scale": task.lr_scale, "seeds": args.seeds,
+        "methods": rows, "runs": runs, "timings": {**timings, "total_s": time.perf_counter() - start},
+    }  # fmt: skip
+
+    def main_cell(row: dict[str, Any]) -> str:
+        mean = f"{100 * row['metrics'][task.metric]:.1f}"
+        if len(args.seeds) == 1 or row["method"] == "FP32":
+            return mean
+        return f"{mean} ({' / '.join(f'{100 * v:.1f}' for v in row['per_seed'].values())})"
+
+    others = [c for c in task.columns if c != task.metric]
+    table = [[m["method"], f"{m['target']}x", " ".join(f"{k}:{v}" for k, v in m["bits"].items()) or "32",
+              f"{m['ratio']:.2f}x", main_cell(m),
+              *(f"{100 * m['metrics'][c]:.1f}" for c in others)]
+             for m in rows]  # fmt: skip
+    header = ["method", "target", "bits", "ratio", task.metric, *others]
+    report(f"mqat_{task.name}", header, table, results)
 
 
 if __name__ == "__main__":
