@@ -337,13 +337,8 @@ class MQAT(CompressionAlgorithm):
     def _freeze(self) -> None:
         """Stop training the modules whose stage is over (all but the one quantized in the latest stage)."""
         assert self.model is not None
-        done = self.quantized_modules()
-        if self.config.order == "simultaneous" or self.by_steps:
-            current = max((self.stage_step(m) for m in done), default=None)
-            over = {m for m in done if self.stage_step(m) != current}
-        else:
-            current = max((self.stage_epoch(m) for m in done), default=None)
-            over = {m for m in done if self.stage_epoch(m) != current}
+        done = self.quantized_modules()  # in stage order: the last one is the latest stage's
+        over = set() if self.config.order == "simultaneous" else set(done[:-1])
         for module, stage in self.stages.items():
             frozen = module in over
             for w in self.modules[module]:
@@ -398,13 +393,4 @@ def module_bits(algorithm: MQAT) -> dict[str, int]:
     return {m: algorithm.bits[m] for m in algorithm.order}
 
 
-def describe(algorithm: MQAT) -> list[dict[str, Any]]:
-    """One row per module: bits, weights, stage epoch and step (for tables and JSON)."""
-    return [
-        {"module": m, "bits": algorithm.bits[m], "weights": sum(w.numel for w in algorithm.modules[m]),
-         "stage_epoch": algorithm.stage_epoch(m), "stage_step": algorithm.stage_step(m)}
-        for m in algorithm.order
-    ]  # fmt: skip
-
-
-__all__ = ["MQAT", "MQATConfig", "describe", "module_bits"]
+__all__ = ["MQAT", "MQATConfig", "module_bits"]
