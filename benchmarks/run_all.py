@@ -1,5 +1,6 @@
 """Run every benchmark in sequence (``make bench``); each prints its table and writes JSON under
-``outputs/benchmarks/``. Long: about an hour on 2 CPU cores, most of it the pose training and MQAT runs.
+``outputs/benchmarks/``. Long: over an hour on 2 CPU cores, most of it the pose training and MQAT runs (the
+MQAT comparisons with the README's settings, three seeds each).
 
     .venv/bin/python benchmarks/run_all.py [--only kmeans_throughput ilp_speed ...]
 """
@@ -20,9 +21,10 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("export_retrieval", []),
     ("retrieval_base", []),
     ("pose_base", ["--checkpoint", "outputs/pose_base.pt"]),
-    ("mqat_pose", ["--task", "retrieval"]),
-    ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt"]),
-]
+    ("mqat_pose", ["--task", "retrieval", "--seeds", "0", "1", "2"]),
+    ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt", "--epochs", "3",
+                   "--train-limit", "2000", "--seeds", "0", "1", "2"]),
+]  # fmt: skip
 
 
 def main() -> int:
