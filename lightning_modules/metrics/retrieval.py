@@ -114,7 +114,8 @@ def average_precision(similarity: torch.Tensor, positives: torch.Tensor, junk: t
     precision_0 = torch.where(rank == 0, torch.ones_like(r), j / r.clamp(min=1))
     precision_1 = (j + 1) / (r + 1)
     num_pos = positives.sum(1).to(similarity.device).double()
-    ap = ((precision_0 + precision_1) * is_pos).sum(1) / (2 * num_pos)
+    # junk ranked above every non-junk image has rank -1 (0/0 above): select positives, never multiply
+    ap = torch.where(is_pos, precision_0 + precision_1, torch.zeros_like(r)).sum(1) / (2 * num_pos)
     return torch.where(num_pos > 0, ap, torch.full_like(ap, float("nan")))
 
 

@@ -70,6 +70,16 @@ def test_ap_by_hand_with_junk_removed() -> None:
     assert average_precision(sim, pos, torch.zeros_like(junk)).item() == pytest.approx(with_junk)
 
 
+def test_junk_ranked_first_is_skipped() -> None:
+    # junk at ranks 0 and 1 (no non-junk image above them), the positive next: non-junk rank 0, AP 1
+    sim, pos, junk = one_query([0.9, 0.8, 0.7, 0.6], [2], [0, 1])
+    assert average_precision(sim, pos, junk).item() == pytest.approx(1.0)
+    # and such a query still counts in the mean: APs 1/6 (positive last of 3 non-junk) and 1
+    q, db = torch.eye(2, 3), torch.tensor([[1, 0, 0], [0.9, 0.1, 0], [0.1, 0.9, 0], [0, 0, 1.0]])
+    gnd = [{"easy": [3], "hard": [], "junk": [0]}, {"easy": [2], "hard": [], "junk": []}]
+    assert revisited_map(q, db, gnd, protocols=("medium",))["mAP_medium"].item() == pytest.approx(7 / 12)
+
+
 def test_precision_at_k_caps_k_at_last_positive_like_the_reference() -> None:
     sim, pos, junk = one_query([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0, 2, 5], [1])
     # 1-based non-junk ranks of positives: 1, 2, 5; P@10 uses k = min(10, 5)
@@ -114,12 +124,12 @@ def test_protocol_masks() -> None:
 
 def test_matches_reference_loops_on_random_data() -> None:
     g = torch.Generator().manual_seed(0)
-    nq, ndb, dim = 12, 60, 8
+    nq, ndb, dim = 40, 30, 8
     q, db = torch.randn(nq, dim, generator=g), torch.randn(ndb, dim, generator=g)
     gnd = []
     for _ in range(nq):
         perm = torch.randperm(ndb, generator=g).tolist()
-        a, b, c = (int(v) for v in torch.randint(0, 6, (3,), generator=g))
+        a, b, c = (int(v) for v in torch.randint(0, 8, (3,), generator=g))
         gnd.append({"easy": perm[:a], "hard": perm[a : a + b], "junk": perm[a + b : a + b + c]})
     gnd[3] = {"easy": [], "hard": [], "junk": [1, 2]}  # no positives at all
     ours = revisited_map(q, db, gnd, protocols=("easy", "medium", "hard"), ks=(1, 5, 10))
