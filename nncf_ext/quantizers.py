@@ -5,6 +5,8 @@ int8 / int4 weights), per-channel or per-tensor, min-max or MSE-optimal initial 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from nncf.common.quantization.structs import QuantizationScheme
 from nncf.torch.quantization.layers import (
@@ -106,11 +108,19 @@ def quantizer_codes(quantizer: BaseQuantizer, quantized: torch.Tensor) -> tuple[
 def scale_range_gradients(quantizer: BaseQuantizer, elements_per_scale: int) -> None:
     """LSQ (Esser et al. 2020): multiply the gradient of the quantizer's range by ``1 / sqrt(N * Qp)``.
 
-    ``N`` is the number of elements sharing one scale, ``Qp`` the largest positive level.
+    ``N`` is the number of elements sharing one scale, ``Qp`` the largest positive level, read when the
+    gradient arrives: an activation quantizer's sign (``Qp`` 2^(b-1) - 1 or 2^b - 1) is set by its range
+    initialisation, after this hook is placed.
     """
-    bits = int(quantizer.num_bits)
-    qp = (1 << (bits - 1)) - 1 if isinstance(quantizer, SymmetricQuantizer) else (1 << bits) - 1
-    factor = 1.0 / (max(elements_per_scale, 1) * max(qp, 1)) ** 0.5
+    n = max(elements_per_scale, 1)
+    ref = weakref.ref(quantizer)
+
+    def scale(grad: torch.Tensor) -> torch.Tensor:
+        q = ref()
+        qp = int(q.level_high) if q is not None else (1 << (int(quantizer_bits) - 1)) - 1
+        return grad / (n * max(qp, 1)) ** 0.5
+
+    quantizer_bits = int(quantizer.num_bits)
     for param in quantizer.parameters():
         if param.dtype.is_floating_point:
-            param.register_hook(lambda grad, f=factor: grad * f)
+            param.register_hook(scale)

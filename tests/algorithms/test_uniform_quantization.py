@@ -5,6 +5,7 @@ from nncf.torch.quantization.layers import BaseQuantizer
 import nncf_ext
 from nncf_ext.errors import ConfigError
 from nncf_ext.hooks import effective_weight, hooks_of_type
+from nncf_ext.model import get_weight
 from tests.conftest import TinyNet
 
 
@@ -97,3 +98,29 @@ def test_bad_configs(options: dict, path: str) -> None:
     with pytest.raises(ConfigError) as info:
         nncf_ext.load_config(config(**options))
     assert info.value.path == path
+
+
+def test_lsq_gradient_scale_is_one_over_sqrt_n_qp_with_the_sign_of_each_quantizer() -> None:
+    from tests.mqat.models import ModularNet
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for lsq in (False, True):
+        torch.manual_seed(0)
+        model = ModularNet()
+        options = {"weights": {"bits": 4}, "activations": {"bits": 4}, "lsq_gradient_scale": lsq}
+        (algo,) = nncf_ext.create_compression(model, config(**options), x).algorithms
+        model(x).square().sum().backward()
+        quantizers = {**algo.weight_quantizers, **algo.activation_quantizers}
+        grads.append({k: next(p for p in q.parameters() if p.dtype.is_floating_point).grad
+                      for k, q in quantizers.items()})  # fmt: skip
+    signs = {op: q.signed for op, q in algo.activation_quantizers.items()}
+    assert set(signs.values()) == {True, False}  # the image input is signed, the post-ReLU inputs are not
+    inputs = {"backbone/0/conv2d/0": 3 * 8 * 8, "backbone/2/conv2d/0": 8 * 8 * 8, "fpn/0/conv2d/0": 8 * 8 * 8,
+              "head/linear/0": 8}  # fmt: skip
+    for name, q in algo.weight_quantizers.items():
+        n = get_weight(algo.model, name).numel() // q.scale.numel()
+        assert torch.allclose(grads[1][name], grads[0][name] / (n * 7) ** 0.5, rtol=1e-5), name
+    for op, q in algo.activation_quantizers.items():
+        qp = 7 if signs[op] else 15
+        assert torch.allclose(grads[1][op], grads[0][op] / (inputs[op] * qp) ** 0.5, rtol=1e-5), op
