@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from nncf_ext.errors import ConfigError
+from nncf_ext.errors import ConfigError, NNCFExtError
 
 
 @dataclass(frozen=True)
@@ -184,9 +184,6 @@ def allocate_bits(
         for e, budget in enumerate(extra):
             constraint_rows.append(extras[e][g_of, nxt] - extras[e][g_of, prev])
             upper.append(budget.limit - extras[e][rows, base].sum())
-        if incumbent is not None:  # objective cut-off: the optimum is no worse than the incumbent
-            constraint_rows.append(d_cost / scale)
-            upper.append((incumbent - cost[rows, base].sum() + slack) / scale)
         for i in range(1, n):  # a step is taken only after the previous step of its group
             if g_of[i] == g_of[i - 1]:
                 row = np.zeros(n)
@@ -202,8 +199,10 @@ def allocate_bits(
             bounds=Bounds(0, 1),
             options={"mip_rel_gap": 0.0},
         )
-        if result.status != 0 or result.x is None:
-            raise _infeasible(budget_bits, smallest, extra)
+        if result.x is None:
+            if result.status == 2:  # HiGHS: infeasible (only an extra budget can make it so)
+                raise _infeasible(budget_bits, smallest, extra)
+            raise NNCFExtError(f"the bit-allocation MILP failed (HiGHS status {result.status}): {result.message}")
         for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last one wins
             choice[g_of[taken]] = nxt[taken]
     if any(extras[e][rows, choice].sum() > budget.limit for e, budget in enumerate(extra)):

@@ -52,6 +52,29 @@ def test_ilp_equals_brute_force(seed: int) -> None:
         assert sum(e.cost[m][got[m]] for m in modules) <= e.limit
 
 
+@pytest.mark.parametrize("seed", [1610, 2003, 2021])
+def test_near_tied_costs_from_allocation_costs_are_never_called_infeasible(seed: int) -> None:
+    # MQAT's costs carry ~1e-9 tie-breaks; a solver cut-off at the greedy cost once made HiGHS call these
+    # feasible instances infeasible (seed 1610: 3 modules, all-2-bit well under the budget)
+    from nncf_ext.mqat.algo import allocation_costs
+
+    rng = np.random.default_rng(seed)
+    modules = [f"m{i}" for i in range(int(rng.integers(3, 12)))]
+    bits = [2, 3, 4, 5, 6, 8]
+    sens = {m: allocation_costs({b: float(rng.normal(0.01, 0.02)) for b in bits}) for m in modules}
+    sizes = {m: int(10 ** rng.uniform(3, 7)) for m in modules}
+    budget = sum(sizes.values()) * rng.uniform(2.2, 7.5)
+    got = allocate_bits(sens, sizes, budget)
+    assert sum(sizes[m] * got[m] for m in modules) <= budget
+    if len(modules) <= 5:
+        best = min(
+            sum(sens[m][b] for m, b in zip(modules, combo, strict=True))
+            for combo in itertools.product(bits, repeat=len(modules))
+            if sum(sizes[m] * b for m, b in zip(modules, combo, strict=True)) <= budget
+        )
+        assert sum(sens[m][got[m]] for m in modules) == pytest.approx(best, rel=1e-6)
+
+
 def test_infeasible_budget_states_the_smallest_size() -> None:
     sens = {"a": {2: 1.0, 8: 0.0}, "b": {2: 1.0, 8: 0.0}}
     sizes = {"a": 8 * 2**20, "b": 8 * 2**20}  # 2 modules x 8 Mi weights: at 2 bits, 4 MB
