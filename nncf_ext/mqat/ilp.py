@@ -202,7 +202,9 @@ def allocate_bits(
         if result.x is None:
             if result.status == 2:  # HiGHS: infeasible (only an extra budget can make it so)
                 raise _infeasible(budget_bits, smallest, extra)
-            raise NNCFExtError(f"the bit-allocation MILP failed (HiGHS status {result.status}): {result.message}")
+            raise NNCFExtError(
+                f"the bit-allocation MILP failed (HiGHS status {result.status}): {result.message}"
+            )
         for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last one wins
             choice[g_of[taken]] = nxt[taken]
     if any(extras[e][rows, choice].sum() > budget.limit for e, budget in enumerate(extra)):

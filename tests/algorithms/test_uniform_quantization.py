@@ -121,6 +121,6 @@ def test_lsq_gradient_scale_is_one_over_sqrt_n_qp_with_the_sign_of_each_quantize
     for name, q in algo.weight_quantizers.items():
         n = get_weight(algo.model, name).numel() // q.scale.numel()
         assert torch.allclose(grads[1][name], grads[0][name] / (n * 7) ** 0.5, rtol=1e-5), name
-    for op, q in algo.activation_quantizers.items():
+    for op in algo.activation_quantizers:
         qp = 7 if signs[op] else 15
         assert torch.allclose(grads[1][op], grads[0][op] / (inputs[op] * qp) ** 0.5, rtol=1e-5), op
