@@ -75,6 +75,8 @@ def _read_allocation(r: ConfigReader) -> Allocation | None:
         return None
     a = r.reader("allocation")
     bits = tuple(a.integers("candidate_bits", [2, 3, 4, 5, 6, 8], minimum=2))
+    if not bits:
+        raise ConfigError(a.sub("candidate_bits"), "needs at least one bit-width")
     for i, b in enumerate(bits):
         check_int(b, f"{a.sub('candidate_bits')}[{i}]", 2, 8)
     if len(set(bits)) != len(bits):

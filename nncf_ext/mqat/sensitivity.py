@@ -5,7 +5,8 @@
 * ``hessian_sensitivity`` (HAWQ-V3, Yao et al. 2021): ``Tr(H_m) / n_m * ||Q_b(W_m) - W_m||^2`` with each
   module's Hessian trace estimated by Hutchinson's method from Hessian-vector products.
 
-Tables are cached as JSON, keyed by the method, modules and bit-widths they were measured for.
+Tables are cached as JSON, keyed by the method (and its settings), the bit-widths and each module's
+weights (names and shapes) they were measured for; a cache that differs in any of them is measured again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +33,9 @@ class SensitivityTable:
     method: str
     baseline: float
     costs: dict[str, dict[int, float]]
+    # what a cached table was measured on: "name:shape" of each module's weights, the method's settings
+    weights: dict[str, list[str]] = field(default_factory=dict)
+    settings: dict[str, int] = field(default_factory=dict)
 
     def order(self, bits: Mapping[str, int] | None = None) -> list[str]:
         """Modules from the least to the most sensitive (at ``bits``, else at the fewest bits measured)."""
@@ -44,7 +48,10 @@ class SensitivityTable:
 
     def to_dict(self) -> dict[str, object]:
         costs = {m: {str(b): c for b, c in per.items()} for m, per in self.costs.items()}
-        return {"method": self.method, "baseline": self.baseline, "costs": costs}
+        out: dict[str, object] = {"method": self.method, "baseline": self.baseline, "costs": costs}
+        if self.weights or self.settings:
+            out.update(weights=self.weights, settings=self.settings)
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -55,16 +62,30 @@ class SensitivityTable:
         try:
             raw = json.loads(Path(path).read_text())
             costs = {m: {int(b): float(c) for b, c in per.items()} for m, per in raw["costs"].items()}
-            return cls(str(raw["method"]), float(raw["baseline"]), costs)
+            weights = {m: [str(w) for w in ws] for m, ws in raw.get("weights", {}).items()}
+            settings = {str(k): int(v) for k, v in raw.get("settings", {}).items()}
+            return cls(str(raw["method"]), float(raw["baseline"]), costs, weights, settings)
         except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read the sensitivity table {path}: {e}") from None
 
-    def matches(self, method: str, modules: Sequence[str], bits: Sequence[int]) -> bool:
+    def matches(
+        self,
+        method: str,
+        modules: Mapping[str, Sequence[WeightInfo]],
+        bits: Sequence[int],
+        settings: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Whether this table was measured by ``method`` with ``settings`` on these modules' weights."""
         return (
             self.method == method
-            and set(self.costs) == set(modules)
+            and self.settings == dict(settings or {})
+            and self.weights == _fingerprint(modules)
             and all(set(self.costs[m]) == set(bits) for m in modules)
         )
+
+
+def _fingerprint(modules: Mapping[str, Sequence[WeightInfo]]) -> dict[str, list[str]]:
+    return {m: [f"{w.name}:{list(w.shape)}" for w in ws] for m, ws in modules.items()}
 
 
 @torch.no_grad()
@@ -94,12 +115,16 @@ def weights_quantized(model: nn.Module, weights: Sequence[WeightInfo], bits: int
 
 
 def _cached(
-    cache: str | Path | None, method: str, modules: Mapping[str, object], bits: Sequence[int]
+    cache: str | Path | None,
+    method: str,
+    modules: Mapping[str, Sequence[WeightInfo]],
+    bits: Sequence[int],
+    settings: Mapping[str, int] | None = None,
 ) -> SensitivityTable | None:
     if cache is None or not Path(cache).exists():
         return None
     table = SensitivityTable.load(cache)
-    return table if table.matches(method, list(modules), bits) else None
+    return table if table.matches(method, modules, bits, settings) else None
 
 
 def measure_sensitivity(
@@ -123,7 +148,7 @@ def measure_sensitivity(
         for bits in candidate_bits:
             with weights_quantized(model, weights, bits):
                 costs[name][bits] = sign * (baseline - float(evaluate()))
-    table = SensitivityTable(method, baseline, costs)
+    table = SensitivityTable(method, baseline, costs, _fingerprint(modules))
     if cache is not None:
         table.save(cache)
     return table
@@ -167,7 +192,7 @@ def hessian_sensitivity(
     cache: str | Path | None = None,
 ) -> SensitivityTable:
     """HAWQ-V3's sensitivity: mean Hessian trace of a module times its squared quantization perturbation."""
-    if (table := _cached(cache, "hessian", modules, candidate_bits)) is not None:
+    if (table := _cached(cache, "hessian", modules, candidate_bits, {"samples": samples})) is not None:
         return table
     traces = hessian_traces(model, modules, loss_fn, samples)
     costs: dict[str, dict[int, float]] = {}
@@ -182,7 +207,8 @@ def hessian_sensitivity(
             # |trace|: near a minimum of a hinge-type loss (triplet) the estimate can come out negative,
             # which would rank the coarsest quantization best; the magnitude keeps the curvature ranking
             costs[name][bits] = abs(traces[name]) / n * perturbation
-    table = SensitivityTable("hessian", float(loss_fn().detach()), costs)
+    loss = float(loss_fn().detach())
+    table = SensitivityTable("hessian", loss, costs, _fingerprint(modules), {"samples": samples})
     if cache is not None:
         table.save(cache)
     return table

@@ -42,6 +42,9 @@ def resolve_modules(
     spec: ModuleSpec, weights: list[WeightInfo], keep_apart: Scope, path: str
 ) -> dict[str, list[WeightInfo]]:
     """Weights of each module, in spec order; every rule must match, modules must not overlap or be empty."""
+    for rule, matched in keep_apart.rule_matches(weights).items():
+        if not matched:
+            raise ConfigError(f"{path}.keep_apart.{rule}", "matches no weight of the model")
     candidates = [w for w in weights if keep_apart.is_empty or not keep_apart.matches(w)]
     modules: dict[str, list[WeightInfo]] = {}
     if not spec.scopes:

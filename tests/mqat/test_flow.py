@@ -230,6 +230,15 @@ def test_empty_module_and_bits_errors() -> None:
             ModularNet(), mqat(bits={"backbone": 8, "fpn": 4, "head": 4}, keep_apart=keep), X
         )
     assert info.value.path == "compression[0].modules.fpn"
+    with pytest.raises(ConfigError, match="matches no weight") as info:  # a typo must not pass silently
+        nncf_ext.create_compression(
+            ModularNet(), mqat(bits={"backbone": 8, "fpn": 4, "head": 4}, keep_apart={"names": ["hed"]}), X
+        )
+    assert info.value.path == "compression[0].keep_apart.names[0]"
+    with pytest.raises(ConfigError, match="at least one") as info:
+        nncf_ext.load_config(mqat(allocation={"sensitivity": "x.json", "target_compression": 4,
+                                              "candidate_bits": []}))  # fmt: skip
+    assert info.value.path == "compression[0].allocation.candidate_bits"
     with pytest.raises(ConfigError, match="unknown module") as info:
         nncf_ext.create_compression(
             ModularNet(), mqat(bits={"backbone": 8, "fpn": 4, "head": 4, "neck": 2}), X

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from nncf_ext.model import model_weights
@@ -60,6 +61,22 @@ def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Pat
     # the cache is used when method, modules and bits match
     cached = measure_sensitivity(model, modules, BITS, lambda: 1 / 0, cache=tmp_path / "s.json")
     assert cached.costs == table.costs
+    # and measured again when a module holds other weights under the same name
+    moved = {
+        "backbone": modules["backbone"],
+        "fpn": modules["fpn"] + modules["head"],
+        "head": modules["head"],
+    }
+    calls = []
+    measure_sensitivity(model, moved, BITS, lambda: calls.append(1) or 0.0, cache=tmp_path / "s.json")
+    assert calls
+    # or a Hessian table with other settings
+    hessian_sensitivity(model, modules, BITS, loss, samples=4, cache=tmp_path / "h.json")
+    with pytest.raises(ZeroDivisionError):
+        hessian_sensitivity(model, modules, BITS, lambda: 1 / 0, samples=8, cache=tmp_path / "h.json")
+    assert hessian_sensitivity(
+        model, modules, BITS, lambda: 1 / 0, samples=4, cache=tmp_path / "h.json"
+    ).settings == {"samples": 4}
 
 
 def test_hutchinson_trace_matches_the_exact_trace() -> None:
