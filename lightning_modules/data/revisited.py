@@ -2,7 +2,9 @@
 
 A dataset directory holds ``jpg/<name>.jpg`` and ``gnd_<dataset>.pkl`` with ``imlist`` (database names),
 ``qimlist`` (query names) and ``gnd`` (per query: ``bbx`` [x1, y1, x2, y2], ``easy``, ``hard``, ``junk``
-database indices). Queries are cropped to ``bbx``. Real ROxford5k / RParis6k directories load as they are.
+database indices). Queries are cropped to ``bbx``. Real ROxford5k / RParis6k directories load as they are;
+so do the original Oxford5k / Paris6k ground truths of cirtorch (``ok``, ``junk``, optionally ``good``), which
+the ``"original"`` protocol scores.
 Images are resized to ``image_size`` x ``image_size`` and normalised with ImageNet statistics.
 """
 
@@ -23,7 +25,15 @@ from nncf_ext.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-GND_KEYS = ("easy", "hard", "junk")
+GND_KEYS = ("easy", "hard", "junk")  # the revisited format
+ORIGINAL_KEYS = ("ok", "junk")  # the original Oxford5k / Paris6k format (plus "good" where it is kept apart)
+INDEX_KEYS = ("easy", "hard", "junk", "good", "ok")
+
+
+def positives_of(entry: dict[str, Any]) -> list[int]:
+    """Database indices of a query's place: easy + hard (revisited), or good + ok (original)."""
+    keys = ("easy", "hard") if "easy" in entry else ("good", "ok")
+    return [i for k in keys for i in entry.get(k, [])]
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,17 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
         raise DataError(f"{path}: {len(raw['gnd'])} gnd entries for {len(qimlist)} queries")
     gnd = []
     for q, entry in enumerate(raw["gnd"]):
-        missing = [k for k in ("bbx", *GND_KEYS) if k not in entry]
+        required = ORIGINAL_KEYS if "ok" in entry and "easy" not in entry else GND_KEYS
+        missing = [k for k in ("bbx", *required) if k not in entry]
         if missing:
-            raise DataError(f"{path}: gnd[{q}] lacks {missing}")
+            raise DataError(
+                f"{path}: gnd[{q}] lacks {missing} "
+                f"(revisited: {list(GND_KEYS)}; original: {list(ORIGINAL_KEYS)})"
+            )
         clean: dict[str, Any] = {"bbx": [float(v) for v in np.asarray(entry["bbx"]).reshape(-1)]}
         if len(clean["bbx"]) != 4:
             raise DataError(f"{path}: gnd[{q}]['bbx'] must have 4 numbers [x1, y1, x2, y2]")
-        for key in GND_KEYS:
+        for key in (k for k in INDEX_KEYS if k in entry):
             idx = np.asarray(entry[key], dtype=np.int64).reshape(-1)
             if idx.size and (idx.min() < 0 or idx.max() >= len(imlist)):
                 raise DataError(
@@ -210,7 +224,7 @@ class TrainingTuples(Dataset):
         members = torch.zeros(q, n + q, dtype=torch.bool)
         junk = torch.zeros_like(members)
         for i, entry in enumerate(data.gnd):
-            members[i, entry["easy"] + entry["hard"] + [n + i]] = True
+            members[i, [*positives_of(entry), n + i]] = True
             junk[i, entry["junk"]] = True
         in_group = members.float()
         positives = (in_group.T @ in_group) > 0

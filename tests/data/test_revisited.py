@@ -130,3 +130,34 @@ def test_decoded_images_are_cached_when_they_fit(
     assert torch.equal(cached[3][0], first)  # served from memory
     with pytest.raises(DataError, match="cannot read image"):
         uncached[3]
+
+
+def test_original_oxford5k_ground_truth_loads_and_scores_with_the_original_protocol(
+    dataset: tuple[Path, RenderedPlaces], tmp_path: Path
+) -> None:
+    from lightning_modules.metrics.retrieval import revisited_map
+
+    root = dataset[0]
+    with open(root / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    original = tmp_path / "oxford5k"
+    original.mkdir()
+    (original / "jpg").symlink_to(root / "jpg")
+    # cirtorch's gnd_oxford5k.pkl: good + ok merged under "ok", junk
+    raw["gnd"] = [{"bbx": e["bbx"], "ok": e["easy"] + e["hard"], "junk": e["junk"]} for e in raw["gnd"]]
+    with open(original / "gnd_oxford5k.pkl", "wb") as f:
+        pickle.dump(raw, f)
+    data = load_revisited(original)
+    assert data.gnd[1]["ok"] == raw["gnd"][1]["ok"] and data.gnd[1]["junk"] == raw["gnd"][1]["junk"]
+    db = torch.eye(data.num_database)
+    q = torch.stack([db[e["ok"]].sum(0) for e in data.gnd])  # every query closest to its own place
+    assert revisited_map(q, db, data.gnd, protocols=("original",))["mAP_original"].item() == pytest.approx(
+        1.0
+    )
+    tuples = TrainingTuples(data, image_size=32, num_negatives=3, seed=0)
+    assert len(tuples) > 0
+    raw["gnd"][0].pop("ok")
+    with open(original / "gnd_oxford5k.pkl", "wb") as f:
+        pickle.dump(raw, f)
+    with pytest.raises(DataError, match=r"gnd\[0\] lacks \['easy', 'hard'\]"):
+        load_revisited(original)
