@@ -297,6 +297,8 @@ class MQAT(CompressionAlgorithm):
 
     def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
         self.model, self.weights, self.example_input = model, weights, example_input
+        # what the user left trainable: freezing a finished stage never unfreezes what they froze
+        self.trainable = {w.name: get_weight(model, w.name).requires_grad for w in weights}
         for module in self.order:
             bits = self.bits[module]
             act = self.config.activation_bits
@@ -337,15 +339,16 @@ class MQAT(CompressionAlgorithm):
             self._freeze()
 
     def _freeze(self) -> None:
-        """Stop training the modules whose stage is over (all but the one quantized in the latest stage)."""
+        """Stop training the modules whose stage is over (all but the one quantized in the latest stage):
+        their weights, and the ranges of their weight and activation quantizers."""
         assert self.model is not None
         done = self.quantized_modules()  # in stage order: the last one is the latest stage's
         over = set() if self.config.order == "simultaneous" else set(done[:-1])
         for module, stage in self.stages.items():
             frozen = module in over
             for w in self.modules[module]:
-                get_weight(self.model, w.name).requires_grad_(not frozen)
-            for quantizer in stage.weight_quantizers.values():
+                get_weight(self.model, w.name).requires_grad_(self.trainable[w.name] and not frozen)
+            for quantizer in (*stage.weight_quantizers.values(), *stage.activation_quantizers.values()):
                 for p in quantizer.parameters():
                     if p.dtype.is_floating_point:
                         p.requires_grad_(not frozen)

@@ -97,14 +97,22 @@ def test_stages_by_steps_begin_every_n_steps_and_resume() -> None:
 
 def test_frozen_modules_stop_training() -> None:
     model = ModularNet()
+    model.backbone[2].weight.requires_grad_(False)  # frozen by the user: stays frozen
     config = mqat(
-        bits={"backbone": 8, "fpn": 4, "head": 4}, order=["head", "fpn", "backbone"], freeze_quantized=True
-    )
+        bits={"backbone": 8, "fpn": 4, "head": 4}, order=["head", "fpn", "backbone"], freeze_quantized=True,
+        activations={"bits": 8},
+    )  # fmt: skip
     pipeline = nncf_ext.create_compression(model, config, X)
+    (algorithm,) = pipeline.algorithms
+    head_ranges = [p for q in algorithm.stages["head"].activation_quantizers.values() for p in q.parameters()
+                   if p.dtype.is_floating_point]  # fmt: skip
+    assert head_ranges and all(p.requires_grad for p in head_ranges)
     pipeline.epoch_step(1)
     assert not model.head.weight.requires_grad and model.fpn[0].weight.requires_grad
+    assert not any(p.requires_grad for p in head_ranges)  # the head's activation ranges stop too
     pipeline.epoch_step(2)
     assert not model.fpn[0].weight.requires_grad and model.backbone[0].weight.requires_grad
+    assert not model.backbone[2].weight.requires_grad
 
 
 def test_allocation_from_a_sensitivity_table(tmp_path: Path) -> None:
