@@ -23,7 +23,7 @@ def code_lengths(freqs: np.ndarray, max_length: int = MAX_LENGTH) -> np.ndarray:
     freqs = np.asarray(freqs, dtype=np.int64)
     present = np.flatnonzero(freqs)
     lengths = np.zeros(freqs.size, dtype=np.uint8)
-    if present.size == 1:
+    if present.size <= 1:  # an empty stream needs no code, a single symbol a 1-bit one
         lengths[present] = 1
         return lengths
     f = freqs[present].copy()

@@ -212,12 +212,20 @@ def storage_layout(
 
 
 # -- streams ---------------------------------------------------------------------------------------------
+def raw_array(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array of the same bytes; bfloat16, which numpy lacks, as its int16 bits."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy()
+
+
 @dataclass
 class Stream:
     """One sequence of symbols to store: value codes, relative-index codes, or raw float bits."""
 
     name: str
-    symbols: np.ndarray  # int64 codes, or float32 values for raw streams
+    symbols: np.ndarray  # int64 codes, or raw values in the weight's dtype (bfloat16 as its int16 bits)
     alphabet: int  # 0 for raw float values
     fixed_bits: int  # bits per symbol without entropy coding
 
@@ -251,16 +259,16 @@ def layer_streams(effective: torch.Tensor, storage: WeightStorage, layout: Spars
         streams.append(Stream("indices", gap_codes.numpy(), 1 << layout.index_bits, layout.index_bits))
         nonzero = flat != 0
         if storage.codes is None:
-            values = torch.zeros(gap_codes.numel(), dtype=torch.float32)
-            values[is_real] = flat[nonzero].float()
+            values = torch.zeros(gap_codes.numel(), dtype=flat.dtype)
+            values[is_real] = flat[nonzero]
         else:
             assert storage.zero_code is not None
             values = torch.full((gap_codes.numel(),), storage.zero_code, dtype=torch.long)
             values[is_real] = storage.codes.reshape(-1)[nonzero]
     else:
-        values = flat.float() if storage.codes is None else storage.codes.reshape(-1)
+        values = flat if storage.codes is None else storage.codes.reshape(-1)
     if storage.codes is None:
-        streams.append(Stream("values", values.numpy().astype(np.float32), 0, 32))
+        streams.append(Stream("values", raw_array(values), 0, storage.bits))
     else:
         streams.append(Stream("values", values.numpy().astype(np.int64), storage.alphabet, storage.bits))
     return streams

@@ -45,3 +45,13 @@ def test_lengths_are_optimal_and_limited() -> None:
     lengths = code_lengths(np.array(fib))
     assert lengths.max() <= MAX_LENGTH
     assert (2.0 ** -lengths.astype(float)).sum() <= 1.0  # still a prefix code (Kraft)
+
+
+def test_an_empty_stream_costs_nothing_and_round_trips() -> None:
+    freqs = np.zeros(8, dtype=np.int64)
+    assert code_lengths(freqs).tolist() == [0] * 8
+    size = huffman_size(freqs)
+    assert size.payload_bits == size.offset_bits == 0 and size.entropy_bits == 0.0
+    encoded = encode(np.zeros(0, dtype=np.int64), 8)
+    assert encoded.data == b"" and encoded.payload_bits == 0
+    assert decode(encoded).size == 0

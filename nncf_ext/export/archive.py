@@ -31,13 +31,14 @@ from torch import nn
 
 from nncf_ext.errors import CheckpointError, ExportError
 from nncf_ext.hooks import weight_hooks
-from nncf_ext.huffman import BLOCK, Encoded, decode, encode
+from nncf_ext.huffman import BLOCK, MAX_LENGTH, Encoded, decode, encode
 from nncf_ext.model import get_weight
 from nncf_ext.serialization import ALLOWED_MODULES, _plain, _tuples
 from nncf_ext.storage import (
     WeightStorage,
     layer_streams,
     positions_from_codes,
+    raw_array,
     storage_layout,
     weight_storage,
 )
@@ -70,23 +71,65 @@ class _Blobs:
         return ref
 
 
-def _tensor_blob(blobs: _Blobs, tensor: torch.Tensor) -> dict[str, Any]:
-    array = tensor.detach().cpu().contiguous().numpy()
-    return {**blobs.add(array.tobytes()), "dtype": str(array.dtype), "shape": list(array.shape)}
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
-def _read_tensor(payload: memoryview, ref: dict[str, Any]) -> torch.Tensor:
-    data = payload[ref["offset"] : ref["offset"] + ref["nbytes"]]
-    array = np.frombuffer(data, dtype=np.dtype(ref["dtype"])).reshape(ref["shape"])
-    return torch.from_numpy(array.copy())
+def _tensor_blob(blobs: _Blobs, tensor: torch.Tensor, name: str) -> dict[str, Any]:
+    try:
+        array = raw_array(tensor)
+    except TypeError:
+        raise ExportError(f"cannot store the tensor '{name}' of dtype {tensor.dtype}") from None
+    return {**blobs.add(array.tobytes()), "dtype": _dtype_name(tensor.dtype), "shape": list(array.shape)}
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype a stored dtype's bytes are read as (bfloat16: its int16 bits)."""
+    if name == "bfloat16":
+        return np.dtype(np.int16)
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise CheckpointError(f"unknown dtype {name!r}") from None
+
+
+def _from_numpy(array: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(array.copy())
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+class _Payload:
+    """The blobs after the header; every read is checked to lie inside it and to have the expected size."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.end = 0  # end of the last blob read
+
+    def blob(self, ref: dict[str, Any], nbytes: int) -> bytes:
+        offset, size = int(ref["offset"]), int(ref["nbytes"])
+        if size != nbytes:
+            raise CheckpointError(f"a blob of {size} bytes where {nbytes} are expected")
+        if offset < 0 or offset + size > len(self.data):
+            raise CheckpointError(
+                f"bytes {offset}..{offset + size} are outside the payload of {len(self.data)} bytes "
+                "(truncated file?)"
+            )
+        self.end = max(self.end, offset + size)
+        return bytes(self.data[offset : offset + size])
+
+    def tensor(self, ref: dict[str, Any]) -> torch.Tensor:
+        dtype = _numpy_dtype(ref["dtype"])
+        shape = [int(n) for n in ref["shape"]]
+        data = self.blob(ref, int(np.prod(shape)) * dtype.itemsize)
+        return _from_numpy(np.frombuffer(data, dtype=dtype).reshape(shape), ref["dtype"])
 
 
 # -- writer ----------------------------------------------------------------------------------------------
 def _write_stream(blobs: _Blobs, stream: Any) -> dict[str, Any]:
     coding, _, _ = stream.stored_bits()
     entry: dict[str, Any] = {"name": stream.name, "count": int(stream.symbols.size), "coding": coding}
-    if stream.is_raw:
-        entry["data"] = blobs.add(stream.symbols.astype(np.float32).tobytes())
+    if stream.is_raw:  # the weight's own dtype, as the size accounting counts it
+        entry["data"] = blobs.add(stream.symbols.tobytes())
     elif coding == "fixed":
         entry.update(bits=stream.fixed_bits, data=blobs.add(pack_fixed(stream.symbols, stream.fixed_bits)))
     else:
@@ -102,11 +145,11 @@ def _write_stream(blobs: _Blobs, stream: Any) -> dict[str, Any]:
     return entry
 
 
-def _write_values(blobs: _Blobs, storage: WeightStorage) -> dict[str, Any]:
+def _write_values(blobs: _Blobs, storage: WeightStorage, name: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"kind": storage.kind, "bits": storage.bits, "alphabet": storage.alphabet}
     if storage.kind == "codebook":
         assert storage.codebook is not None
-        entry["codebook"] = _tensor_blob(blobs, storage.codebook.float())
+        entry["codebook"] = _tensor_blob(blobs, storage.codebook.float(), f"{name} codebook")
     elif storage.kind == "int":
         quantizer = storage.quantizer
         assert quantizer is not None
@@ -114,7 +157,7 @@ def _write_values(blobs: _Blobs, storage: WeightStorage) -> dict[str, Any]:
             "module_path": type(quantizer).__module__,
             "module_cls_name": type(quantizer).__name__,
             "module_config": _plain(quantizer.get_config()),
-            "state": {k: _tensor_blob(blobs, v) for k, v in quantizer.state_dict().items()},
+            "state": {k: _tensor_blob(blobs, v, f"{name} {k}") for k, v in quantizer.state_dict().items()},
         }
     return entry
 
@@ -140,20 +183,20 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
             {
                 "name": name,
                 "shape": list(effective.shape),
-                "dtype": str(effective.dtype).replace("torch.", ""),
+                "dtype": _dtype_name(effective.dtype),
                 "layout": {
                     "format": layout.format,
                     "index_bits": layout.index_bits,
                     "entries": layout.entries,
                 },
-                "values": _write_values(blobs, storage),
+                "values": _write_values(blobs, storage, name),
                 "streams": [_write_stream(blobs, s) for s in layer_streams(effective, storage, layout)],
             }
         )
     for name, tensor in model.state_dict().items():
         if name in compressed or name.startswith(ATR_HOOK_STORAGE + ".") or f".{ATR_HOOK_STORAGE}." in name:
             continue
-        tensors.append({"name": name, "raw": _tensor_blob(blobs, tensor)})
+        tensors.append({"name": name, "raw": _tensor_blob(blobs, tensor, name)})
     header = zlib.compress(json.dumps({"format": 1, "block": BLOCK, "tensors": tensors}).encode(), 9)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +208,9 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
             f.write(MAGIC + struct.pack("<Q", len(header)) + header)
             for part in blobs.parts:
                 f.write(part)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; an archive is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -176,27 +222,39 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
 
 
 # -- reader ----------------------------------------------------------------------------------------------
-def _read_stream(payload: memoryview, entry: dict[str, Any]) -> np.ndarray:
-    def blob(ref: dict[str, int]) -> bytes:
-        return bytes(payload[ref["offset"] : ref["offset"] + ref["nbytes"]])
+WEIGHT_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 
+
+def _read_stream(payload: _Payload, entry: dict[str, Any], dtype: str) -> np.ndarray:
+    """The symbols of a stream, or its raw values (as stored: ``dtype``, bfloat16 as int16)."""
     count = int(entry["count"])
     if "bits" not in entry and "alphabet" not in entry:
-        return np.frombuffer(blob(entry["data"]), dtype=np.float32).copy()
+        stored = _numpy_dtype(dtype)
+        return np.frombuffer(payload.blob(entry["data"], count * stored.itemsize), dtype=stored).copy()
     if entry["coding"] == "fixed":
-        return unpack_fixed(blob(entry["data"]), int(entry["bits"]), count)
-    alphabet = int(entry["alphabet"])
-    lengths = unpack_fixed(blob(entry["lengths"]), 5, alphabet).astype(np.uint8)
-    raw = np.frombuffer(blob(entry["offsets"]), dtype=np.uint8).reshape(-1, 5)
+        bits = int(entry["bits"])
+        return unpack_fixed(payload.blob(entry["data"], (count * bits + 7) // 8), bits, count)
+    alphabet, payload_bits = int(entry["alphabet"]), int(entry["payload_bits"])
+    lengths = unpack_fixed(payload.blob(entry["lengths"], (5 * alphabet + 7) // 8), 5, alphabet)
+    if lengths.size and lengths.max() > MAX_LENGTH:
+        raise CheckpointError(f"stream '{entry['name']}' has codes longer than {MAX_LENGTH} bits")
+    blocks = -(-count // BLOCK)
+    raw = np.frombuffer(payload.blob(entry["offsets"], 5 * blocks), dtype=np.uint8).reshape(-1, 5)
     offsets = np.concatenate([raw, np.zeros((raw.shape[0], 3), dtype=np.uint8)], axis=1).copy().view("<u8")
+    data = payload.blob(entry["data"], (payload_bits + 7) // 8)
     encoded = Encoded(
-        blob(entry["data"]), lengths, offsets.reshape(-1).astype(np.int64), count, entry["payload_bits"]
+        data, lengths.astype(np.uint8), offsets.reshape(-1).astype(np.int64), count, payload_bits
     )
     return decode(encoded)
 
 
 def _decode_values(
-    payload: memoryview,
+    payload: _Payload,
     entry: dict[str, Any],
     codes: torch.Tensor,
     positions: torch.Tensor,
@@ -204,7 +262,7 @@ def _decode_values(
 ) -> torch.Tensor:
     """Values of the entries at ``positions`` from their codes."""
     if entry["kind"] == "codebook":
-        return _read_tensor(payload, entry["codebook"])[codes]
+        return payload.tensor(entry["codebook"])[codes]
     q = entry["quantizer"]
     try:
         quantizer = restore_module(
@@ -213,7 +271,7 @@ def _decode_values(
     except Exception as e:
         raise CheckpointError(f"archive quantizer: {e}") from None
     assert isinstance(quantizer, BaseQuantizer)
-    quantizer.load_state_dict({k: _read_tensor(payload, ref) for k, ref in q["state"].items()})
+    quantizer.load_state_dict({k: payload.tensor(ref) for k, ref in q["state"].items()})
     with torch.no_grad():
         low, high = quantizer.get_input_low_input_high()
         step = ((high - low) / (quantizer.level_high - quantizer.level_low)).reshape(-1)
@@ -226,36 +284,57 @@ def _decode_values(
         return quantizer.quantize(x.reshape(shape)).reshape(-1)[positions]
 
 
+def _read_weight(payload: _Payload, t: dict[str, Any]) -> torch.Tensor:
+    """A compressed weight, in the dtype it was saved with."""
+    dtype = t["dtype"]
+    if dtype not in WEIGHT_DTYPES:
+        raise CheckpointError(f"unknown weight dtype {dtype!r}")
+    shape = tuple(int(n) for n in t["shape"])
+    numel = int(np.prod(shape))
+    streams = {s["name"]: _read_stream(payload, s, dtype) for s in t["streams"]}
+    values = streams["values"]
+    if t["layout"]["format"] == "csr":
+        positions = positions_from_codes(torch.from_numpy(streams["indices"]))
+    else:
+        positions = torch.arange(numel)
+    if values.size != positions.numel() or (positions.numel() and int(positions[-1]) >= numel):
+        raise CheckpointError(
+            f"{values.size} values at {positions.numel()} positions do not fit {list(shape)}"
+        )
+    if t["values"]["kind"] == "float":
+        decoded = _from_numpy(values, dtype)
+    else:
+        decoded = _decode_values(payload, t["values"], torch.from_numpy(values).long(), positions, shape)
+    flat = torch.zeros(numel, dtype=WEIGHT_DTYPES[dtype])
+    flat[positions] = decoded.to(flat.dtype)
+    return flat.reshape(shape)
+
+
 def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in an archive, with compressed weights reconstructed exactly."""
     data = Path(path).read_bytes()
+    start = len(MAGIC) + 8
     if not data.startswith(MAGIC):
         raise CheckpointError(f"{path} is not an nncf-ext archive")
-    (length,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
-    start = len(MAGIC) + 8
+    if len(data) < start:
+        raise CheckpointError(f"{path}: truncated archive header")
+    (length,) = struct.unpack("<Q", data[len(MAGIC) : start])
     try:
-        header = json.loads(zlib.decompress(data[start : start + length]))
-    except (zlib.error, json.JSONDecodeError) as e:
+        tensors = json.loads(zlib.decompress(data[start : start + length]))["tensors"]
+    except (zlib.error, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: corrupt archive header ({e})") from None
-    payload = memoryview(data)[start + length :]
+    payload = _Payload(memoryview(data)[start + length :])
     state: dict[str, torch.Tensor] = {}
-    for t in header["tensors"]:
-        if "raw" in t:
-            state[t["name"]] = _read_tensor(payload, t["raw"])
-            continue
-        shape = tuple(t["shape"])
-        numel = int(np.prod(shape))
-        streams = {s["name"]: _read_stream(payload, s) for s in t["streams"]}
-        values = streams["values"]
-        if t["layout"]["format"] == "csr":
-            positions = positions_from_codes(torch.from_numpy(streams["indices"]))
-        else:
-            positions = torch.arange(numel)
-        if t["values"]["kind"] == "float":
-            decoded = torch.from_numpy(values.astype(np.float32))
-        else:
-            decoded = _decode_values(payload, t["values"], torch.from_numpy(values).long(), positions, shape)
-        flat = torch.zeros(numel, dtype=decoded.dtype)
-        flat[positions] = decoded
-        state[t["name"]] = flat.reshape(shape)
+    for t in tensors:
+        name = str(t.get("name")) if isinstance(t, dict) else "?"
+        try:
+            state[name] = payload.tensor(t["raw"]) if "raw" in t else _read_weight(payload, t)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: tensor '{name}': {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path}: tensor '{name}': malformed entry ({type(e).__name__}: {e})"
+            ) from None
+    if payload.end != len(payload.data):
+        raise CheckpointError(f"{path}: {len(payload.data) - payload.end} bytes after the last tensor's data")
     return state

@@ -109,7 +109,7 @@ def benchmark_model(
             compiled = compile_ir(xml, device, threads)
             size = Path(xml).with_suffix(".bin").stat().st_size
 
-            def run(c: Any = compiled, i: list[Any] = inputs) -> Any:
+            def run(c: Any = compiled, i: Any = inputs) -> Any:
                 return c(i)
 
             results.append(_timing(name, batch, time_calls(run, warmup, repeats), size))

@@ -53,6 +53,8 @@ def _target(path: str | Path) -> Path:
         xml = xml.with_suffix(".xml")
     if xml.is_dir():
         raise ExportError(f"{xml} is a directory; give the path of the .xml file to write")
+    if xml.with_suffix(".bin").is_dir():
+        raise ExportError(f"{xml.with_suffix('.bin')} is a directory; the weights of {xml.name} go there")
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -63,6 +65,26 @@ def _target(path: str | Path) -> Path:
     except OSError as e:
         raise ExportError(f"the directory {xml.parent} is not writable: {e.strerror}") from None
     return xml
+
+
+def _move_into_place(tmp_xml: Path, xml: Path) -> None:
+    """Move the saved IR to ``xml``: the .bin first, so that no new .xml ever points to a missing or old .bin;
+    if the .xml cannot be moved, the previous .bin (if any) is put back."""
+    bin_path, backup = xml.with_suffix(".bin"), tmp_xml.with_suffix(".bin.old")
+    try:
+        if bin_path.exists():
+            os.replace(bin_path, backup)
+        try:
+            os.replace(tmp_xml.with_suffix(".bin"), bin_path)
+            os.replace(tmp_xml, xml)
+        except OSError:
+            if backup.exists():
+                os.replace(backup, bin_path)
+            else:
+                bin_path.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise ExportError(f"cannot write {e.filename2 or e.filename or xml}: {e.strerror}") from None
 
 
 def convert(model: nn.Module, example_input: Any, fp16: bool = False) -> tuple[ov.Model, dict[str, str]]:
@@ -120,8 +142,7 @@ def export_openvino(
             config = exact_config(precision) if precision else {}
             compiled = ov.Core().compile_model(str(tmp_xml), device, config)
             report = check_parity(model, compiled, inputs or parity_inputs(example_input), tolerance)
-        os.replace(tmp_xml, xml)
-        os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
+        _move_into_place(tmp_xml, xml)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     bin_path = xml.with_suffix(".bin")

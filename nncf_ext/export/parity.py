@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ class ParityReport:
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.tolerance
+        return self.max_rel <= self.tolerance  # False for NaN
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -36,7 +37,10 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
     return value if isinstance(value, tuple) else (value,)
 
 
-def to_numpy_inputs(example: Any) -> list[np.ndarray]:
+def to_numpy_inputs(example: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
+    """Inputs for a compiled IR: positional, or by name for a dict (``ov.convert_model`` names them so)."""
+    if isinstance(example, dict):
+        return {k: t.detach().cpu().numpy() for k, t in example.items()}
     return [t.detach().cpu().numpy() for t in _as_tuple(example)]
 
 
@@ -46,21 +50,30 @@ def _flatten(output: Any) -> list[np.ndarray]:
     if isinstance(output, (tuple, list)):
         return [a for o in output for a in _flatten(o)]
     if isinstance(output, dict):
-        return [a for k in sorted(output) for a in _flatten(output[k])]
+        return [a for v in output.values() for a in _flatten(v)]  # insertion order, as the IR keeps it
     raise ParityError(f"cannot compare a model output of type {type(output).__name__}")
+
+
+def _random_like(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of ``t``'s shape, mean and spread (unit spread if ``t`` has none, e.g. one element)."""
+    std = float(t.float().std()) if t.numel() > 1 else 0.0
+    mean = float(t.float().mean()) if t.numel() else 0.0
+    return torch.randn(t.shape, generator=g) * (std if math.isfinite(std) and std > 0 else 1.0) + mean
 
 
 def parity_inputs(example: Any, count: int = 4, seed: int = 0) -> list[Any]:
     """The example input and ``count - 1`` random inputs of its shapes and scale (integer inputs are kept)."""
     g = torch.Generator().manual_seed(seed)
     inputs = [example]
+
+    def like(t: Any) -> Any:
+        return _random_like(t, g) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
     for _ in range(count - 1):
-        sample = tuple(
-            torch.randn(t.shape, generator=g) * (float(t.float().std()) or 1.0) + float(t.float().mean())
-            if isinstance(t, torch.Tensor) and t.is_floating_point()
-            else t
-            for t in _as_tuple(example)
-        )
+        if isinstance(example, dict):
+            inputs.append({k: like(t) for k, t in example.items()})
+            continue
+        sample = tuple(like(t) for t in _as_tuple(example))
         inputs.append(sample if isinstance(example, tuple) else sample[0])
     return inputs
 
@@ -87,7 +100,11 @@ def check_parity(
                 abs_err = float(np.max(np.abs(e.astype(np.float64) - g)))
                 rel_err = abs_err / max(float(np.max(np.abs(e))), 1e-12)
                 per_output.append({"input": j, "output": i, "max_abs": abs_err, "max_rel": rel_err})
-                worst_abs, worst_rel = max(worst_abs, abs_err), max(worst_rel, rel_err)
+                # np.maximum keeps NaN: a non-finite error fails the check
+                worst_abs, worst_rel = (
+                    float(np.maximum(worst_abs, abs_err)),
+                    float(np.maximum(worst_rel, rel_err)),
+                )
     report = ParityReport(worst_abs, worst_rel, tolerance, len(inputs), per_output)
     if raise_on_failure and not report.ok:
         raise ParityError(

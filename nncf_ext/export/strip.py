@@ -61,6 +61,8 @@ def strip_for_export(model: nn.Module, example_input: Any) -> tuple[nn.Module, d
         if id(hook) in weight_hook_ids:
             storage.delete_hook(hook_name)
     for hook_name, hook in list(storage.named_hooks()):
+        if isinstance(hook, TorchFakeQuantize):  # stripped before: stripping is idempotent
+            continue
         if not isinstance(hook, BaseQuantizer):
             raise ExportError(f"export does not know the hook {type(hook).__name__} at {hook_name}")
         # activation quantizer -> torch fake_quantize -> OpenVINO FakeQuantize, at any bit-width

@@ -1,3 +1,7 @@
+import json
+import os
+import stat
+import zlib
 from pathlib import Path
 
 import pytest
@@ -39,15 +43,16 @@ def test_archive_loads_into_the_plain_architecture(tmp_path: Path, example_input
     assert torch.equal(plain(example_input), model(example_input))
 
 
+class Wide(torch.nn.Module):
+    def __init__(self, inputs: int = 1024, outputs: int = 256) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(inputs, outputs, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
 def test_archive_of_a_sparse_clustered_layer_is_small(tmp_path: Path) -> None:
-    class Wide(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(1024, 256, bias=False)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x)
-
     torch.manual_seed(0)
     model = Wide()
     config = {
@@ -77,3 +82,107 @@ def test_fixed_width_packing_round_trip() -> None:
     symbols = np.random.default_rng(0).integers(0, 32, size=1001)
     assert np.array_equal(unpack_fixed(pack_fixed(symbols, 5), 5, 1001), symbols)
     assert len(pack_fixed(symbols, 5)) == (1001 * 5 + 7) // 8
+
+
+PRUNE = {"algorithm": "threshold_pruning", "threshold": 0.1}
+
+
+def _stored_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What an archive of ``model`` must load: effective weights and every other state entry."""
+    hooked = weight_hooks(model)
+    return {
+        k: effective_weight(model, k, v) if k in hooked else v
+        for k, v in model.state_dict().items()
+        if "__nncf_hooks" not in k
+    }
+
+
+def test_a_fully_pruned_layer_is_stored_in_no_bits(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, pipeline = compressed([PRUNE], example_input)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+    info = nncf_ext.save_archive(model, tmp_path / "m.dca")
+    state = nncf_ext.load_archive(tmp_path / "m.dca")
+    assert info.layers["fc.weight"]["layout"]["entries"] == 0
+    assert torch.equal(state["fc.weight"], torch.zeros(4, 8))
+    fc = next(layer for layer in pipeline.statistics().layers if layer.name == "fc.weight")
+    assert fc.huffman_bytes == 0 and fc.compressed_bytes == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_raw_weights_keep_their_dtype_and_predicted_size(
+    dtype: torch.dtype, tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().to(dtype)
+    pipeline = nncf_ext.create_compression(model, {"compression": [PRUNE]}, example_input.to(dtype))
+    info = nncf_ext.save_archive(model, tmp_path / "m.dca")
+    state = nncf_ext.load_archive(tmp_path / "m.dca")
+    expected = _stored_tensors(model)
+    for name, value in expected.items():
+        assert state[name].dtype == value.dtype and torch.equal(state[name], value), name
+    # the weights take exactly the bytes the statistics counted at the model's own precision
+    stats = pipeline.statistics()
+    hooked = weight_hooks(model)
+    raw = sum(v.numel() * v.element_size() for k, v in expected.items() if k not in hooked)
+    layers = sum(layer.huffman_bytes for layer in stats.layers)
+    streams = sum(2 if layer.format == "csr" else 1 for layer in stats.layers)
+    assert layers <= info.nbytes - info.header_bytes - raw <= layers + 3 * streams
+
+
+def test_a_bfloat16_buffer_is_stored(tmp_path: Path, example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.register_buffer("calib", torch.tensor([1.5, -2.25, 3e-3], dtype=torch.bfloat16))
+    nncf_ext.create_compression(
+        model, {"compression": {"algorithm": "kmeans_quantization", "bits": 4}}, example_input
+    )
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+    state = nncf_ext.load_archive(tmp_path / "m.dca")
+    assert state["calib"].dtype == torch.bfloat16 and torch.equal(state["calib"], model.calib)
+
+
+def test_archive_gets_the_mode_the_umask_allows(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    old = os.umask(0o027)
+    try:
+        nncf_ext.save_archive(model, tmp_path / "m.dca")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.dca").stat().st_mode) == 0o640
+
+
+def test_truncated_or_extended_archive_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Wide(256, 64)
+    entries = [
+        {"algorithm": "threshold_pruning", "threshold": 0.025},
+        {"algorithm": "kmeans_quantization", "bits": 5},
+    ]
+    nncf_ext.create_compression(model, {"compression": entries}, torch.randn(1, 256))
+    info = nncf_ext.save_archive(model, tmp_path / "m.dca")
+    assert info.layers["fc.weight"]["layout"]["format"] == "csr"
+    data = (tmp_path / "m.dca").read_bytes()
+    # the last bytes are Huffman-coded values: a decoder reading past them sees zeros, not an error
+    for cut in (3, len(data) // 2):
+        (tmp_path / "t.dca").write_bytes(data[:-cut])
+        with pytest.raises(CheckpointError, match=r"t\.dca: tensor 'fc\.weight': .*outside the payload"):
+            nncf_ext.load_archive(tmp_path / "t.dca")
+    (tmp_path / "t.dca").write_bytes(data + b"\0")
+    with pytest.raises(CheckpointError, match=r"t\.dca: 1 bytes after"):
+        nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+def test_a_blob_of_the_wrong_size_is_refused(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+    data = (tmp_path / "m.dca").read_bytes()
+    start = len(MAGIC) + 8
+    length = int.from_bytes(data[len(MAGIC) : start], "little")
+    header = json.loads(zlib.decompress(data[start : start + length]))
+    raw = next(t for t in header["tensors"] if t["name"] == "fc.bias")["raw"]
+    raw["shape"] = [2]  # the header disagrees with the blob it points to
+    new = zlib.compress(json.dumps(header).encode())
+    (tmp_path / "t.dca").write_bytes(MAGIC + len(new).to_bytes(8, "little") + new + data[start + length :])
+    with pytest.raises(CheckpointError, match=r"t\.dca: tensor 'fc\.bias': a blob of 16 bytes where 8"):
+        nncf_ext.load_archive(tmp_path / "t.dca")

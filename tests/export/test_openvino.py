@@ -251,3 +251,73 @@ def test_fp16_reaches_only_constants_that_no_fake_quantize_follows(
     assert types["features.0.weight/scale"] == "f32"
     assert types["fc.weight/scale/fp16"] == "f16"
     assert not any(n.startswith("fc.") and t == "f32" for n, t in types.items())
+
+
+def test_a_stripped_model_with_activation_quantizers_exports_again(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    """``benchmark_model`` exports the stripped model as its FP32 baseline: stripping twice must work."""
+    from nncf_ext.export.strip import strip_for_export
+
+    model, _ = compressed(CASES["int8-acts"][0], example_input)
+    stripped, _ = strip_for_export(model, example_input)
+    again, storages = strip_for_export(stripped, example_input)
+    assert storages == {} and torch.equal(again(example_input), stripped(example_input))
+    result = nncf_ext.export_openvino(stripped, example_input, tmp_path / "fp32.xml")
+    assert result.parity is not None and result.parity.max_rel < 1e-5
+
+
+def test_a_bin_in_the_way_writes_nothing(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    (tmp_path / "m.bin").mkdir()
+    with pytest.raises(ExportError, match=r"m\.bin is a directory"):
+        nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.bin"]
+
+
+def test_a_failed_move_keeps_the_previous_ir(
+    tmp_path: Path, example_input: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    (tmp_path / "m.xml").write_text("old xml")
+    (tmp_path / "m.bin").write_text("old bin")
+    replace = os.replace
+
+    def failing_xml(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == "m.xml":
+            raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_xml)
+    with pytest.raises(ExportError, match=r"cannot write .*m\.xml: Permission denied"):
+        nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+    assert (tmp_path / "m.xml").read_text() == "old xml" and (tmp_path / "m.bin").read_text() == "old bin"
+
+
+class DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.fc(x)
+        return {"logits": y, "features": 10 * y}  # not in sorted order
+
+
+class DictIn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + y
+
+
+def test_dict_outputs_and_dict_inputs_export(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    out = nncf_ext.export_openvino(DictOut(), torch.randn(2, 4), tmp_path / "out.xml")
+    assert out.parity is not None and out.parity.max_rel < 1e-5
+    example = {"y": torch.randn(2, 3), "x": torch.randn(2, 4)}  # by name, not in signature order
+    result = nncf_ext.export_openvino(DictIn(), example, tmp_path / "in.xml")
+    assert result.parity is not None and result.parity.max_rel < 1e-5 and result.parity.inputs == 4
