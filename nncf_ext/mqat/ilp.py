@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -102,6 +103,26 @@ def _infeasible(budget_bits: float, smallest: float, extra: Sequence[ExtraBudget
         f"weights; the smallest reachable is {smallest / 8 / 2**20:.3f} MB "
         "(every module at its fewest bits)"
         + (f" and the extra budgets {[b.name for b in extra]} may not be met" if extra else ""),
+    )
+
+
+def _solve(
+    objective: np.ndarray,
+    rows: list[np.ndarray],
+    upper: list[float],
+    cut: tuple[np.ndarray, float] | None,
+) -> Any:
+    """HiGHS on ``rows @ y <= upper`` (plus ``cut``), binary ``y``, rows scaled to a unit maximum."""
+    if cut is not None:
+        rows, upper = [*rows, cut[0]], [*upper, cut[1]]
+    a = np.vstack(rows)
+    norm = np.maximum(np.abs(a).max(1), 1e-300)  # HiGHS warns about (and slows on) badly scaled rows
+    return milp(
+        objective,
+        constraints=LinearConstraint(a / norm[:, None], -np.inf, np.array(upper) / norm),
+        integrality=np.ones(objective.size),
+        bounds=Bounds(0, 1),
+        options={"mip_rel_gap": 0.0},
     )
 
 
@@ -190,15 +211,14 @@ def allocate_bits(
                 row[i], row[i - 1] = 1, -1
                 constraint_rows.append(row)
                 upper.append(0.0)
-        a = np.vstack(constraint_rows)
-        norm = np.maximum(np.abs(a).max(1), 1e-300)  # HiGHS warns about (and slows on) badly scaled rows
-        result = milp(
-            d_cost / scale,
-            constraints=LinearConstraint(a / norm[:, None], -np.inf, np.array(upper) / norm),
-            integrality=np.ones(n),
-            bounds=Bounds(0, 1),
-            options={"mip_rel_gap": 0.0},
-        )
+        cut = None  # objective cut-off at the incumbent: speeds up branch and bound about 2x at 50 modules
+        if incumbent is not None:
+            cut = (d_cost / scale, (incumbent - cost[rows, base].sum() + slack) / scale)
+        result = _solve(d_cost / scale, constraint_rows, upper, cut)
+        if result.x is None and cut is not None:
+            # the incumbent lies on the cut-off within HiGHS's tolerances (MQAT's 1e-9 tie-breaks): HiGHS
+            # may then call a feasible problem infeasible; the problem without the cut-off is exact
+            result = _solve(d_cost / scale, constraint_rows, upper, None)
         if result.x is None:
             if result.status == 2:  # HiGHS: infeasible (only an extra budget can make it so)
                 raise _infeasible(budget_bits, smallest, extra)
