@@ -63,6 +63,7 @@ class NNCFCompressionCallback(pl.Callback):
         self.print_statistics = print_statistics
         self.pipeline: nncf_ext.CompressionPipeline | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._stepped_at = 0  # trainer.global_step (optimizer steps) at the last pipeline.step()
 
     # -- model -------------------------------------------------------------------------------------------
     def target(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -128,10 +129,15 @@ class NNCFCompressionCallback(pl.Callback):
                 added = p.grad - (before if before is not None else 0)
                 p.grad = (before if before is not None else torch.zeros_like(p.grad)) + added * scale
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stepped_at = trainer.global_step  # a resumed run continues from its checkpoint's count
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.pipeline is not None:
+        # once per optimizer step: under accumulate_grad_batches, not after every micro-batch
+        if self.pipeline is not None and trainer.global_step != self._stepped_at:
+            self._stepped_at = trainer.global_step
             self.pipeline.step()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

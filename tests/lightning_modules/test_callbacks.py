@@ -97,6 +97,17 @@ def test_injection_matches_loss_term(tmp_path: Path) -> None:
         torch.testing.assert_close(results[0][key], results[1][key], atol=1e-6, rtol=1e-5)
 
 
+def test_pipeline_steps_once_per_optimizer_step_under_accumulation(tmp_path: Path) -> None:
+    config = {"compression": [{**KMEANS, "start_epoch": 0, "assignment": "reassign", "reassign_interval": 2}]}
+    pl.seed_everything(0)
+    callback = NNCFCompressionCallback(config, print_statistics=False)
+    t = trainer(tmp_path, 1, [callback], accumulate_grad_batches=4)
+    t.fit(ToyModule(), SeededToyData(size=256, batch_size=32))  # 8 batches, 2 optimizer steps
+    assert callback.pipeline is not None
+    assert t.global_step == 2
+    assert callback.pipeline.state_dict()["algorithms"][0]["steps"] == 2
+
+
 def test_kill_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
     later_prune = {**PRUNE, "threshold": {"type": "multistep", "steps": {"0": 0.01, "2": 0.03}}}
     config = {"compression": [L1, later_prune, {**KMEANS, "start_epoch": 3}]}
