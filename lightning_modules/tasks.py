@@ -44,6 +44,8 @@ def _toy_data(
 ) -> pl.LightningDataModule:
     from lightning_modules.toy.module import ToyDataModule
 
+    if data is not None:
+        raise ConfigError("--data", f"the toy task generates its data; it cannot read {data}")
     return ToyDataModule(batch_size=batch_size or 64, seed=seed)
 
 

@@ -25,6 +25,15 @@ def test_bad_config_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "compression.algorithm" in capsys.readouterr().err
 
 
+def test_toy_task_refuses_a_data_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(Path(__file__).parents[1] / "examples" / "configs" / "deep_compression.json")
+    out = tmp_path / "out"
+    args = ["compress", "--task", "toy", "--config", config, "--output-dir", str(out), "--data", "/nowhere"]
+    assert main(args) == 2
+    assert "--data" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written
+
+
 def compress(tmp_path: Path, *extra: str) -> Path:
     config = tmp_path / "config.json"
     config.write_text(
