@@ -31,6 +31,7 @@ from nncf_ext.model import (
     check_wrappable,
     find_other_constants,
     find_weights,
+    get_weight,
     wrapping_transaction,
 )
 from nncf_ext.statistics import CompressionStatistic, compression_statistic
@@ -150,8 +151,17 @@ def create_compression(
             check_finite(wrapped, selected)
             algorithm.validate(wrapped, selected)
             selections.append(selected)
+        # epoch 0 may change weights in place (masks, clustering): keep what it touches until it succeeds
+        touched = {w.name for selected in selections for w in selected}
+        originals = {name: get_weight(wrapped, name).detach().clone() for name in touched}
         for algorithm, selected in zip(algorithms, selections, strict=True):
             algorithm.apply(wrapped, selected, example_input)
-    pipeline = CompressionPipeline(wrapped, parsed, algorithms)
-    pipeline.epoch_step(0)
+        pipeline = CompressionPipeline(wrapped, parsed, algorithms)
+        try:
+            pipeline.epoch_step(0)
+        except BaseException:
+            with torch.no_grad():
+                for name, value in originals.items():
+                    get_weight(wrapped, name).copy_(value)
+            raise
     return pipeline

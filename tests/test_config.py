@@ -176,3 +176,29 @@ def test_model_errors_leave_model_unchanged(problem: str, example_input: torch.T
     assert after.keys() == before.keys()
     for key, value in before.items():
         torch.testing.assert_close(after[key], value, equal_nan=True, rtol=0, atol=0)
+
+
+def test_a_failure_at_epoch_0_restores_the_weights_and_unwraps(
+    example_input: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nncf_ext.algorithms.kmeans_quantization.algo import KMeansQuantization
+
+    def fail(self: KMeansQuantization, epoch: int) -> None:
+        raise RuntimeError("clustering failed")
+
+    monkeypatch.setattr(KMeansQuantization, "epoch_step", fail)
+    model = TinyNet()
+    before = model_state(model)
+    config = {
+        "compression": [
+            {"algorithm": "threshold_pruning", "threshold": 0.2},  # zeroes weights in place at epoch 0
+            {"algorithm": "kmeans_quantization", "bits": 4},
+        ]
+    }
+    with pytest.raises(RuntimeError, match="clustering failed"):
+        nncf_ext.create_compression(model, config, example_input)
+    assert not is_wrapped(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
