@@ -91,7 +91,13 @@ class NNCFCompressionCallback(pl.Callback):
         return example
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.pipeline is not None:
+        if stage != "fit":
+            return
+        if self.pipeline is not None:  # a second fit: only of the model this callback compresses
+            if self.pipeline.model is not self.target(pl_module):
+                raise ModelError(
+                    "this NNCFCompressionCallback compresses another model; use one callback per model"
+                )
             return
         if isinstance(trainer.strategy, DDPStrategy):
             # hooks own parameters that are unused in some epochs (codebooks before clustering starts,

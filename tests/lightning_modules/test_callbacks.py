@@ -108,6 +108,15 @@ def test_pipeline_steps_once_per_optimizer_step_under_accumulation(tmp_path: Pat
     assert callback.pipeline.state_dict()["algorithms"][0]["steps"] == 2
 
 
+def test_a_callback_refuses_a_second_model(tmp_path: Path) -> None:
+    callback = NNCFCompressionCallback({"compression": [L1]}, print_statistics=False)
+    module = ToyModule()
+    trainer(tmp_path / "a", 1, [callback]).fit(module, SeededToyData())
+    trainer(tmp_path / "b", 2, [callback]).fit(module, SeededToyData())  # the same model: continues
+    with pytest.raises(ModelError, match="another model"):
+        trainer(tmp_path / "c", 1, [callback]).fit(ToyModule(), SeededToyData())
+
+
 def test_kill_and_resume_is_bitwise_identical(tmp_path: Path) -> None:
     later_prune = {**PRUNE, "threshold": {"type": "multistep", "steps": {"0": 0.01, "2": 0.03}}}
     config = {"compression": [L1, later_prune, {**KMEANS, "start_epoch": 3}]}
