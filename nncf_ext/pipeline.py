@@ -106,8 +106,16 @@ class CompressionPipeline:
             raise CheckpointError(
                 f"state has {len(algorithms)} algorithms, pipeline has {len(self.algorithms)}"
             )
-        for algorithm, sub in zip(self.algorithms, algorithms, strict=True):
-            algorithm.load_state_dict(sub)
+        previous = [a.state_dict() for a in self.algorithms]
+        for i, (algorithm, sub) in enumerate(zip(self.algorithms, algorithms, strict=True)):
+            try:
+                algorithm.load_state_dict(sub)
+            except (KeyError, TypeError, ValueError) as e:
+                for done, state_before in zip(self.algorithms[: i + 1], previous, strict=False):
+                    done.load_state_dict(state_before)  # all or nothing
+                raise CheckpointError(
+                    f"malformed compression state of {algorithm.path}: missing or invalid {e}"
+                ) from None
         self.epoch = epoch
 
 

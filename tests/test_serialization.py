@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 
@@ -88,3 +89,10 @@ def test_pipeline_state_round_trip(example_input: torch.Tensor) -> None:
         other.load_state_dict(state["compression"])
     with pytest.raises(CheckpointError, match="malformed"):
         other.load_state_dict({"epoch": 1})
+    # a bad entry further down the list changes nothing, not even the algorithms before it
+    broken = copy.deepcopy(state["compression"])
+    del broken["algorithms"][-1]["epoch"]
+    before = restored.state_dict()
+    with pytest.raises(CheckpointError, match=r"compression\[1\]"):
+        restored.load_state_dict({**broken, "epoch": 5})
+    assert restored.state_dict() == before
