@@ -5,8 +5,6 @@ int8 / int4 weights), per-channel or per-tensor, min-max or MSE-optimal initial 
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from nncf.common.quantization.structs import QuantizationScheme
 from nncf.torch.quantization.layers import (
@@ -113,14 +111,10 @@ def scale_range_gradients(quantizer: BaseQuantizer, elements_per_scale: int) -> 
     initialisation, after this hook is placed.
     """
     n = max(elements_per_scale, 1)
-    ref = weakref.ref(quantizer)
 
     def scale(grad: torch.Tensor) -> torch.Tensor:
-        q = ref()
-        qp = int(q.level_high) if q is not None else (1 << (int(quantizer_bits) - 1)) - 1
-        return grad / (n * max(qp, 1)) ** 0.5
+        return grad / (n * max(int(quantizer.level_high), 1)) ** 0.5
 
-    quantizer_bits = int(quantizer.num_bits)
     for param in quantizer.parameters():
         if param.dtype.is_floating_point:
             param.register_hook(scale)
