@@ -5,6 +5,9 @@ int8 / int4 weights), per-channel or per-tensor, min-max or MSE-optimal initial 
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import torch
 from nncf.common.quantization.structs import QuantizationScheme
 from nncf.torch.quantization.layers import (
@@ -13,6 +16,7 @@ from nncf.torch.quantization.layers import (
     PTQuantizerSpec,
     SymmetricQuantizer,
 )
+from torch import nn
 
 MODES = ("symmetric", "asymmetric")
 
@@ -103,18 +107,37 @@ def quantizer_codes(quantizer: BaseQuantizer, quantized: torch.Tensor) -> tuple[
     return codes, int(zero.reshape(-1)[0]) if exact and same else None
 
 
+LSQ_ELEMENTS = "_nncf_ext_lsq_elements"  # quantizer attribute: N of the LSQ gradient scale
+
+
+def _lsq_scale(quantizer: BaseQuantizer, grad: torch.Tensor) -> torch.Tensor:
+    n = getattr(quantizer, LSQ_ELEMENTS)
+    return grad / (n * max(int(quantizer.level_high), 1)) ** 0.5
+
+
+def _place_lsq_hooks(quantizer: nn.Module, args: Any) -> None:
+    """Forward pre-hook: make sure every range parameter of ``quantizer`` carries the LSQ gradient hook.
+
+    Tensor hooks do not survive ``copy.deepcopy`` (nor pickling); the module's forward pre-hooks and
+    attributes do, so a copied quantizer puts the hook back on its own parameters at its first forward.
+    """
+    for param in quantizer.parameters():
+        if not param.dtype.is_floating_point:
+            continue
+        hooks = (param._backward_hooks or {}).values()
+        if not any(isinstance(h, partial) and h.func is _lsq_scale and h.args[0] is quantizer for h in hooks):
+            param.register_hook(partial(_lsq_scale, quantizer))
+
+
 def scale_range_gradients(quantizer: BaseQuantizer, elements_per_scale: int) -> None:
     """LSQ (Esser et al. 2020): multiply the gradient of the quantizer's range by ``1 / sqrt(N * Qp)``.
 
     ``N`` is the number of elements sharing one scale, ``Qp`` the largest positive level, read when the
     gradient arrives: an activation quantizer's sign (``Qp`` 2^(b-1) - 1 or 2^b - 1) is set by its range
-    initialisation, after this hook is placed.
+    initialisation, after this hook is placed. The scale stays with copies of the quantizer (and of the
+    model that holds it).
     """
-    n = max(elements_per_scale, 1)
-
-    def scale(grad: torch.Tensor) -> torch.Tensor:
-        return grad / (n * max(int(quantizer.level_high), 1)) ** 0.5
-
-    for param in quantizer.parameters():
-        if param.dtype.is_floating_point:
-            param.register_hook(scale)
+    first = not hasattr(quantizer, LSQ_ELEMENTS)
+    setattr(quantizer, LSQ_ELEMENTS, max(elements_per_scale, 1))
+    if first:
+        quantizer.register_forward_pre_hook(_place_lsq_hooks)

@@ -124,3 +124,32 @@ def test_lsq_gradient_scale_is_one_over_sqrt_n_qp_with_the_sign_of_each_quantize
     for op in algo.activation_quantizers:
         qp = 7 if signs[op] else 15
         assert torch.allclose(grads[1][op], grads[0][op] / (inputs[op] * qp) ** 0.5, rtol=1e-5), op
+
+
+def test_lsq_gradient_scale_survives_a_deepcopy_of_the_model_and_is_applied_once() -> None:
+    import copy
+
+    from tests.mqat.models import ModularNet
+
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = ModularNet()
+    options = {"weights": {"bits": 4}, "activations": {"bits": 4}, "lsq_gradient_scale": True}
+    (algo,) = nncf_ext.create_compression(model, config(**options), x).algorithms
+    twin = copy.deepcopy(model)
+
+    def range_grads(m: torch.nn.Module, passes: int) -> dict[str, torch.Tensor]:
+        m.zero_grad()
+        for _ in range(passes):  # forwards before one backward place no second hook
+            out = m(x)
+        out.square().sum().backward()
+        return {
+            n: p.grad.clone() for n, p in m.named_parameters() if "__nncf_hooks" in n and p.grad is not None
+        }
+
+    expected = range_grads(model, 1)
+    assert len(expected) == len(algo.weight_quantizers) + len(algo.activation_quantizers)
+    for name, grad in range_grads(twin, 3).items():
+        assert torch.allclose(grad, expected[name], rtol=1e-5), name
+    for name, grad in range_grads(model, 2).items():
+        assert torch.allclose(grad, expected[name], rtol=1e-5), name
