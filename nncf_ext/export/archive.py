@@ -8,7 +8,8 @@ architecture, with every weight bit-identical to what the compressed model compu
     nncf_ext.save_archive(compressed_model, "model.dca")
     plain_model.load_state_dict(nncf_ext.load_archive("model.dca"))
 
-File: ``MAGIC``, an 8-byte header length, a zlib-compressed JSON header, then the blobs it points to.
+File: ``MAGIC``, an 8-byte header length, a zlib-compressed JSON header (its ``format``: ``FORMAT``; format 1
+is read too), then the blobs it points to.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from nncf_ext.storage import (
 )
 
 MAGIC = b"NNCFEXT-DC\x00\x01"
+# 2: raw weight streams in the weight's dtype (1 wrote them as float32 whatever the dtype); both are read
+FORMAT = 2
 
 
 # -- bit packing -----------------------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
         if name in compressed or name.startswith(ATR_HOOK_STORAGE + ".") or f".{ATR_HOOK_STORAGE}." in name:
             continue
         tensors.append({"name": name, "raw": _tensor_blob(blobs, tensor, name)})
-    header = zlib.compress(json.dumps({"format": 1, "block": BLOCK, "tensors": tensors}).encode(), 9)
+    header = zlib.compress(json.dumps({"format": FORMAT, "block": BLOCK, "tensors": tensors}).encode(), 9)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -284,14 +287,15 @@ def _decode_values(
         return quantizer.quantize(x.reshape(shape)).reshape(-1)[positions]
 
 
-def _read_weight(payload: _Payload, t: dict[str, Any]) -> torch.Tensor:
+def _read_weight(payload: _Payload, t: dict[str, Any], version: int) -> torch.Tensor:
     """A compressed weight, in the dtype it was saved with."""
     dtype = t["dtype"]
     if dtype not in WEIGHT_DTYPES:
         raise CheckpointError(f"unknown weight dtype {dtype!r}")
     shape = tuple(int(n) for n in t["shape"])
     numel = int(np.prod(shape))
-    streams = {s["name"]: _read_stream(payload, s, dtype) for s in t["streams"]}
+    raw_dtype = "float32" if version == 1 else dtype
+    streams = {s["name"]: _read_stream(payload, s, raw_dtype) for s in t["streams"]}
     values = streams["values"]
     if t["layout"]["format"] == "csr":
         positions = positions_from_codes(torch.from_numpy(streams["indices"]))
@@ -320,15 +324,20 @@ def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: truncated archive header")
     (length,) = struct.unpack("<Q", data[len(MAGIC) : start])
     try:
-        tensors = json.loads(zlib.decompress(data[start : start + length]))["tensors"]
+        header = json.loads(zlib.decompress(data[start : start + length]))
+        tensors, version = header["tensors"], header["format"]
     except (zlib.error, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: corrupt archive header ({e})") from None
+    if version not in (1, FORMAT):
+        raise CheckpointError(
+            f"{path}: archive format {version!r}; this nncf-ext reads formats 1 to {FORMAT} (a newer writer?)"
+        )
     payload = _Payload(memoryview(data)[start + length :])
     state: dict[str, torch.Tensor] = {}
     for t in tensors:
         name = str(t.get("name")) if isinstance(t, dict) else "?"
         try:
-            state[name] = payload.tensor(t["raw"]) if "raw" in t else _read_weight(payload, t)
+            state[name] = payload.tensor(t["raw"]) if "raw" in t else _read_weight(payload, t, version)
         except CheckpointError as e:
             raise CheckpointError(f"{path}: tensor '{name}': {e}") from None
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:

@@ -186,3 +186,33 @@ def test_a_blob_of_the_wrong_size_is_refused(tmp_path: Path, example_input: torc
     (tmp_path / "t.dca").write_bytes(MAGIC + len(new).to_bytes(8, "little") + new + data[start + length :])
     with pytest.raises(CheckpointError, match=r"t\.dca: tensor 'fc\.bias': a blob of 16 bytes where 8"):
         nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+def test_a_format_1_archive_still_loads() -> None:
+    """Written by nncf-ext before format 2 (raw fp16 weight streams were stored as float32)."""
+    torch.manual_seed(0)
+    model = TinyNet().half()
+    example = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1)).half()
+    nncf_ext.create_compression(model, {"compression": [PRUNE]}, example)
+    state = nncf_ext.load_archive(Path(__file__).parent / "data" / "format1_fp16_pruned.dca")
+    expected = _stored_tensors(model)
+    assert state.keys() == expected.keys()
+    for name, value in expected.items():
+        assert state[name].dtype == value.dtype and torch.equal(state[name], value), name
+
+
+def test_an_archive_of_an_unknown_format_is_refused(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+    data = (tmp_path / "m.dca").read_bytes()
+    start = len(MAGIC) + 8
+    length = int.from_bytes(data[len(MAGIC) : start], "little")
+    header = json.loads(zlib.decompress(data[start : start + length]))
+    assert header["format"] == 2
+    header["format"] = 3
+    new = zlib.compress(json.dumps(header).encode())
+    (tmp_path / "t.dca").write_bytes(MAGIC + len(new).to_bytes(8, "little") + new + data[start + length :])
+    with pytest.raises(
+        CheckpointError, match=r"t\.dca: archive format 3; this nncf-ext reads formats 1 to 2"
+    ):
+        nncf_ext.load_archive(tmp_path / "t.dca")
