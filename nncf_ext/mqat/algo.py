@@ -47,7 +47,7 @@ class Allocation:
     target_compression: float
     candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     ties: tuple[tuple[str, ...], ...] = ()
-    # what target_compression divides: "model", every parameter (unquantized ones count at 32 bits), or
+    # what target_compression divides: "model", every parameter at its own precision (fp32, fp16, ...), or
     # "weights", only the weights the modules quantize (the accounting of uniform n-bit quantization)
     size: str = "model"
 
@@ -257,7 +257,10 @@ class MQAT(CompressionAlgorithm):
             budget = 32 * sum(sizes.values()) / allocation.target_compression
         else:
             total_bits = sum(p.numel() * p.element_size() * 8 for p in model.parameters())
-            other_bits = total_bits - 32 * sum(sizes.values())
+            quantizable_bits = sum(
+                w.numel * get_weight(model, w.name).element_size() * 8 for ws in self.modules.values() for w in ws
+            )
+            other_bits = total_bits - quantizable_bits  # the rest stays at its own precision
             budget = total_bits / allocation.target_compression - other_bits
         try:
             return allocate_bits(costs, sizes, budget, ties=allocation.ties)

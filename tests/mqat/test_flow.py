@@ -171,6 +171,31 @@ def test_allocation_size_model_or_weights(tmp_path: Path) -> None:
         nncf_ext.create_compression(ModularNet(), mqat(allocation={**allocation, "size": "all"}), X)
 
 
+def test_model_size_budget_counts_every_parameter_at_its_own_precision(tmp_path: Path) -> None:
+    """An fp16 model at 4x: the budget is a quarter of its 16-bit size, the biases staying 16-bit."""
+    table = SensitivityTable(
+        "metric", 1.0, {m: {2: 0.9, 4: 0.2, 8: 0.0} for m in ("backbone", "fpn", "head")}
+    )
+    table.save(tmp_path / "s.json")
+    allocation = {
+        "sensitivity": str(tmp_path / "s.json"),
+        "target_compression": 4,
+        "candidate_bits": [2, 4, 8],
+    }
+    pipeline = nncf_ext.create_compression(ModularNet().half(), mqat(allocation=allocation), X.half())
+    bits = module_bits(pipeline.algorithms[0])  # type: ignore[arg-type]
+    sizes = {"backbone": 3 * 8 * 9 + 8 * 8 * 9, "fpn": 64, "head": 32}
+    params = sum(p.numel() for p in ModularNet().parameters())
+    budget = params * 16 / 4 - 16 * (params - sum(sizes.values()))
+    feasible = [
+        sum(table.costs[m][b] for m, b in zip(sizes, c, strict=True))
+        for c in itertools.product([2, 4, 8], repeat=3)
+        if sum(n * b for n, b in zip(sizes.values(), c, strict=True)) <= budget
+    ]
+    assert sum(sizes[m] * b for m, b in bits.items()) <= budget
+    assert sum(table.costs[m][b] for m, b in bits.items()) == min(feasible)
+
+
 def test_allocation_costs_remove_noise_and_prefer_wider_formats() -> None:
     costs = allocation_costs({2: 0.3, 4: -0.01, 6: 0.02, 8: 0.0})
     assert costs[2] == pytest.approx(0.3, abs=1e-5) and all(
