@@ -257,10 +257,9 @@ class MQAT(CompressionAlgorithm):
             budget = 32 * sum(sizes.values()) / allocation.target_compression
         else:
             total_bits = sum(p.numel() * p.element_size() * 8 for p in model.parameters())
-            quantizable_bits = sum(
-                w.numel * get_weight(model, w.name).element_size() * 8 for ws in self.modules.values() for w in ws
-            )
-            other_bits = total_bits - quantizable_bits  # the rest stays at its own precision
+            quantizable = [w for members in self.modules.values() for w in members]
+            weight_bits = sum(8 * w.numel * get_weight(model, w.name).element_size() for w in quantizable)
+            other_bits = total_bits - weight_bits  # the rest stays at its own precision
             budget = total_bits / allocation.target_compression - other_bits
         try:
             return allocate_bits(costs, sizes, budget, ties=allocation.ties)
