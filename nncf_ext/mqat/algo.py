@@ -35,7 +35,7 @@ from nncf_ext.config_reader import ConfigReader, check_int
 from nncf_ext.errors import CheckpointError, ConfigError
 from nncf_ext.model import get_weight
 from nncf_ext.mqat.ilp import allocate_bits
-from nncf_ext.mqat.sensitivity import SensitivityTable
+from nncf_ext.mqat.sensitivity import SensitivityTable, weight_format
 from nncf_ext.mqat.spec import ModuleSpec, module_sizes, resolve_modules
 from nncf_ext.quantizers import MODES
 from nncf_ext.scopes import Scope, WeightInfo
@@ -242,6 +242,14 @@ class MQAT(CompressionAlgorithm):
                 f"{path}.sensitivity",
                 f"table has modules {sorted(self.table.costs)}, the model {sorted(self.modules)}",
             )
+        w = self.config.weights
+        for key, value in weight_format(w.mode, w.per_channel, w.init).items():
+            if key in self.table.settings and self.table.settings[key] != value:
+                raise ConfigError(
+                    f"{path}.sensitivity",
+                    f"the table was measured with weights {key}={self.table.settings[key]!r}, "
+                    f"this algorithm quantizes them with {key}={value!r}",
+                )
         costs = {}
         for m in self.modules:
             missing = [b for b in allocation.candidate_bits if b not in self.table.costs[m]]

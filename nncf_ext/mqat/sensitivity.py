@@ -5,8 +5,10 @@
 * ``hessian_sensitivity`` (HAWQ-V3, Yao et al. 2021): ``Tr(H_m) / n_m * ||Q_b(W_m) - W_m||^2`` with each
   module's Hessian trace estimated by Hutchinson's method from Hessian-vector products.
 
-Tables are cached as JSON, keyed by the method (and its settings), the bit-widths and each module's
-weights (names and shapes) they were measured for; a cache that differs in any of them is measured again.
+Both quantize as the MQAT algorithm will (``mode``, ``per_channel``, ``init``: its ``weights`` settings).
+Tables are cached as JSON, keyed by the method and its settings (that weight format, the Hessian samples),
+the bit-widths and each module's weights (names and shapes) they were measured for; a cache that differs in
+any of them is measured again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from nncf_ext.model import get_weight
 from nncf_ext.quantizers import init_weight_range, make_weight_quantizer
 from nncf_ext.scopes import WeightInfo
 
+Setting = bool | int | str  # a recorded measurement setting
+
 
 @dataclass
 class SensitivityTable:
@@ -35,7 +39,7 @@ class SensitivityTable:
     costs: dict[str, dict[int, float]]
     # what a cached table was measured on: "name:shape" of each module's weights, the method's settings
     weights: dict[str, list[str]] = field(default_factory=dict)
-    settings: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, Setting] = field(default_factory=dict)
 
     def order(self, bits: Mapping[str, int] | None = None) -> list[str]:
         """Modules from the least to the most sensitive (at ``bits``, else at the fewest bits measured)."""
@@ -63,7 +67,7 @@ class SensitivityTable:
             raw = json.loads(Path(path).read_text())
             costs = {m: {int(b): float(c) for b, c in per.items()} for m, per in raw["costs"].items()}
             weights = {m: [str(w) for w in ws] for m, ws in raw.get("weights", {}).items()}
-            settings = {str(k): int(v) for k, v in raw.get("settings", {}).items()}
+            settings = {str(k): _setting(v) for k, v in raw.get("settings", {}).items()}
             return cls(str(raw["method"]), float(raw["baseline"]), costs, weights, settings)
         except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read the sensitivity table {path}: {e}") from None
@@ -73,7 +77,7 @@ class SensitivityTable:
         method: str,
         modules: Mapping[str, Sequence[WeightInfo]],
         bits: Sequence[int],
-        settings: Mapping[str, int] | None = None,
+        settings: Mapping[str, Setting] | None = None,
     ) -> bool:
         """Whether this table was measured by ``method`` with ``settings`` on these modules' weights."""
         return (
@@ -84,29 +88,47 @@ class SensitivityTable:
         )
 
 
+def _setting(value: object) -> Setting:
+    if not isinstance(value, (bool, int, str)):
+        raise ValueError(f"a setting must be a number, a string or a boolean, not {value!r}")
+    return value
+
+
+def weight_format(mode: str = "symmetric", per_channel: bool = True, init: str = "mse") -> dict[str, Setting]:
+    """The settings that record how a table's weights were quantized."""
+    return {"mode": mode, "per_channel": per_channel, "init": init}
+
+
 def _fingerprint(modules: Mapping[str, Sequence[WeightInfo]]) -> dict[str, list[str]]:
     return {m: [f"{w.name}:{list(w.shape)}" for w in ws] for m, ws in modules.items()}
 
 
 @torch.no_grad()
 def quantized_weight(
-    weight: torch.Tensor, bits: int, mode: str = "symmetric", init: str = "mse"
+    weight: torch.Tensor, bits: int, mode: str = "symmetric", per_channel: bool = True, init: str = "mse"
 ) -> torch.Tensor:
-    """``weight`` as a per-channel ``bits``-bit NNCF quantizer (MSE-initialised range) would make it."""
-    quantizer = make_weight_quantizer(weight, bits, mode, per_channel=True).to(weight.device)
+    """``weight`` as a ``bits``-bit NNCF weight quantizer with a freshly initialised range would make it."""
+    quantizer = make_weight_quantizer(weight, bits, mode, per_channel).to(weight.device)
     init_weight_range(quantizer, weight, init)
     return quantizer.quantize(weight)
 
 
 @contextmanager
-def weights_quantized(model: nn.Module, weights: Sequence[WeightInfo], bits: int) -> Iterator[None]:
+def weights_quantized(
+    model: nn.Module,
+    weights: Sequence[WeightInfo],
+    bits: int,
+    mode: str = "symmetric",
+    per_channel: bool = True,
+    init: str = "mse",
+) -> Iterator[None]:
     """Temporarily replace the values of ``weights`` by their ``bits``-bit quantization."""
     originals = {w.name: get_weight(model, w.name).detach().clone() for w in weights}
     try:
         with torch.no_grad():
             for w in weights:
                 param = get_weight(model, w.name)
-                param.copy_(quantized_weight(param, bits))
+                param.copy_(quantized_weight(param, bits, mode, per_channel, init))
         yield
     finally:
         with torch.no_grad():
@@ -119,7 +141,7 @@ def _cached(
     method: str,
     modules: Mapping[str, Sequence[WeightInfo]],
     bits: Sequence[int],
-    settings: Mapping[str, int] | None = None,
+    settings: Mapping[str, Setting] | None = None,
 ) -> SensitivityTable | None:
     if cache is None or not Path(cache).exists():
         return None
@@ -136,9 +158,13 @@ def measure_sensitivity(
     higher_is_better: bool = True,
     method: str = "metric",
     cache: str | Path | None = None,
+    mode: str = "symmetric",
+    per_channel: bool = True,
+    init: str = "mse",
 ) -> SensitivityTable:
     """Quantize each module alone at each bit-width and record the drop of ``evaluate()``."""
-    if (table := _cached(cache, method, modules, candidate_bits)) is not None:
+    settings = weight_format(mode, per_channel, init)
+    if (table := _cached(cache, method, modules, candidate_bits, settings)) is not None:
         return table
     sign = 1.0 if higher_is_better else -1.0
     baseline = float(evaluate())
@@ -146,9 +172,9 @@ def measure_sensitivity(
     for name, weights in modules.items():
         costs[name] = {}
         for bits in candidate_bits:
-            with weights_quantized(model, weights, bits):
+            with weights_quantized(model, weights, bits, mode, per_channel, init):
                 costs[name][bits] = sign * (baseline - float(evaluate()))
-    table = SensitivityTable(method, baseline, costs, _fingerprint(modules))
+    table = SensitivityTable(method, baseline, costs, _fingerprint(modules), settings)
     if cache is not None:
         table.save(cache)
     return table
@@ -190,9 +216,13 @@ def hessian_sensitivity(
     *,
     samples: int = 32,
     cache: str | Path | None = None,
+    mode: str = "symmetric",
+    per_channel: bool = True,
+    init: str = "mse",
 ) -> SensitivityTable:
     """HAWQ-V3's sensitivity: mean Hessian trace of a module times its squared quantization perturbation."""
-    if (table := _cached(cache, "hessian", modules, candidate_bits, {"samples": samples})) is not None:
+    settings = {"samples": samples, **weight_format(mode, per_channel, init)}
+    if (table := _cached(cache, "hessian", modules, candidate_bits, settings)) is not None:
         return table
     traces = hessian_traces(model, modules, loss_fn, samples)
     costs: dict[str, dict[int, float]] = {}
@@ -203,12 +233,13 @@ def hessian_sensitivity(
             perturbation = 0.0
             for w in weights:
                 param = get_weight(model, w.name).detach()
-                perturbation += float((quantized_weight(param, bits) - param).pow(2).sum())
+                quantized = quantized_weight(param, bits, mode, per_channel, init)
+                perturbation += float((quantized - param).pow(2).sum())
             # |trace|: near a minimum of a hinge-type loss (triplet) the estimate can come out negative,
             # which would rank the coarsest quantization best; the magnitude keeps the curvature ranking
             costs[name][bits] = abs(traces[name]) / n * perturbation
     loss = float(loss_fn().detach())
-    table = SensitivityTable("hessian", loss, costs, _fingerprint(modules), {"samples": samples})
+    table = SensitivityTable("hessian", loss, costs, _fingerprint(modules), settings)
     if cache is not None:
         table.save(cache)
     return table

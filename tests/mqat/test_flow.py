@@ -196,6 +196,22 @@ def test_model_size_budget_counts_every_parameter_at_its_own_precision(tmp_path:
     assert sum(table.costs[m][b] for m, b in bits.items()) == min(feasible)
 
 
+def test_a_table_measured_in_another_weight_format_is_refused(tmp_path: Path) -> None:
+    costs = {m: {2: 0.9, 4: 0.2, 8: 0.0} for m in ("backbone", "fpn", "head")}
+    settings = {"mode": "asymmetric", "per_channel": True, "init": "mse"}
+    SensitivityTable("metric", 1.0, costs, settings=settings).save(tmp_path / "s.json")
+    allocation = {
+        "sensitivity": str(tmp_path / "s.json"),
+        "target_compression": 8,
+        "candidate_bits": [2, 4, 8],
+    }
+    with pytest.raises(ConfigError, match="mode='asymmetric', this algorithm quantizes them with mode='symm"):
+        nncf_ext.create_compression(ModularNet(), mqat(allocation=allocation), X)
+    weights = {"mode": "asymmetric"}
+    pipeline = nncf_ext.create_compression(ModularNet(), mqat(allocation=allocation, weights=weights), X)
+    assert set(module_bits(pipeline.algorithms[0])) == set(MODULES)  # type: ignore[arg-type]
+
+
 def test_allocation_costs_remove_noise_and_prefer_wider_formats() -> None:
     costs = allocation_costs({2: 0.3, 4: -0.01, 6: 0.02, 8: 0.0})
     assert costs[2] == pytest.approx(0.3, abs=1e-5) and all(

@@ -11,6 +11,7 @@ from nncf_ext.mqat import (
     measure_sensitivity,
     resolve_modules,
 )
+from nncf_ext.quantizers import MODES
 from nncf_ext.scopes import Scope
 from tests.mqat.models import fragile_fpn_net
 
@@ -76,7 +77,7 @@ def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Pat
         hessian_sensitivity(model, modules, BITS, lambda: 1 / 0, samples=8, cache=tmp_path / "h.json")
     assert hessian_sensitivity(
         model, modules, BITS, lambda: 1 / 0, samples=4, cache=tmp_path / "h.json"
-    ).settings == {"samples": 4}
+    ).settings == {"samples": 4, "mode": "symmetric", "per_channel": True, "init": "mse"}
 
 
 def test_hutchinson_trace_matches_the_exact_trace() -> None:
@@ -98,3 +99,34 @@ def test_hutchinson_trace_matches_the_exact_trace() -> None:
     exact = 3 * 2 * float(x.pow(2).sum())
     estimate = hessian_traces(model, modules, lambda: model(x).pow(2).sum(), samples=400)["fc"]
     assert abs(estimate - exact) / exact < 0.05
+
+
+def test_sensitivity_quantizes_in_the_given_weight_format_and_records_it(tmp_path: Path) -> None:
+    from nncf_ext.mqat import quantized_weight
+
+    model, modules, x = setup()
+    with torch.no_grad():
+        model.fpn[0].weight.abs_()  # all positive: an asymmetric range covers it with twice the levels
+
+    def loss() -> torch.Tensor:
+        return model(x).pow(2).mean()
+
+    weight = model.fpn[0].weight.detach()
+    errors = {mode: float((quantized_weight(weight, 2, mode) - weight).pow(2).sum()) for mode in MODES}
+    assert errors["asymmetric"] < 0.5 * errors["symmetric"]
+    tables = {
+        mode: hessian_sensitivity(model, modules, BITS, loss, samples=4, mode=mode, cache=tmp_path / "h.json")
+        for mode in MODES
+    }
+    ratio = tables["symmetric"].costs["fpn"][2] / tables["asymmetric"].costs["fpn"][2]
+    assert ratio == pytest.approx(errors["symmetric"] / errors["asymmetric"], rel=1e-4)
+    assert tables["asymmetric"].settings == {
+        "samples": 4,
+        "mode": "asymmetric",
+        "per_channel": True,
+        "init": "mse",
+    }
+    # a metric table measured per tensor is not reused for per-channel weights
+    measure_sensitivity(model, modules, BITS, lambda: 0.0, per_channel=False, cache=tmp_path / "s.json")
+    with pytest.raises(ZeroDivisionError):
+        measure_sensitivity(model, modules, BITS, lambda: 1 / 0, cache=tmp_path / "s.json")
