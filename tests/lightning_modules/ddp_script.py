@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,12 +18,14 @@ import torch
 from lightning_modules.callbacks import NNCFCompressionCallback
 from lightning_modules.toy.module import ToyDataModule, ToyModule
 
+RANK = int(os.environ.get("LOCAL_RANK", "0"))  # Lightning starts rank 1 as a copy of this script
 PRUNE_STEPS = {"type": "multistep", "steps": {"0": 0.3, "1": 0.6}}
 CONFIG = {
     "compression": [
         {"algorithm": "l1_sparsity", "lambda": 1e-4},
         {"algorithm": "threshold_pruning", "criterion": "std", "threshold": PRUNE_STEPS},
-        {"algorithm": "kmeans_quantization", "bits": 4, "start_epoch": 1, "init": "kmeans++"},
+        # a k-means seed per rank: the ranks cluster differently, and must still end with rank 0's clusters
+        {"algorithm": "kmeans_quantization", "bits": 4, "start_epoch": 1, "init": "kmeans++", "seed": RANK},
         {
             "algorithm": "uniform_quantization",
             "weights": {"bits": 8},

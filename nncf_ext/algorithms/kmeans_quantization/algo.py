@@ -19,6 +19,7 @@ from nncf_ext.algorithms.kmeans_quantization.init import INITIALIZERS
 from nncf_ext.algorithms.kmeans_quantization.kmeans import kmeans_1d, nearest_centroid
 from nncf_ext.algorithms.kmeans_quantization.modules import KMeansQuantizer
 from nncf_ext.config_reader import ConfigReader
+from nncf_ext.distributed import broadcast_module
 from nncf_ext.errors import ConfigError, ModelError
 from nncf_ext.hooks import incoming_weight
 from nncf_ext.model import get_weight
@@ -161,6 +162,8 @@ class KMeansQuantization(CompressionAlgorithm):
                 )
                 codebook, index = result.centroids, result.index
             hook.set_clusters(codebook, index)
+            broadcast_module(hook)  # under DDP every rank takes rank 0's clusters, whatever its k-means did
+            hook.invalidate()
 
     @torch.no_grad()
     def reassign(self) -> None:
