@@ -111,8 +111,12 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
 
 
 def read_image(path: Path, size: int, bbx: Sequence[float] | None = None) -> np.ndarray:
-    """``(size, size, 3)`` uint8 RGB image, cropped to ``bbx`` first when given."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """``(size, size, 3)`` uint8 RGB image, cropped to ``bbx`` first when given.
+
+    The stored pixels, as the reference code reads them (PIL): an EXIF orientation tag is not applied, so
+    ``bbx`` is in the same coordinates as the ground truth's.
+    """
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise DataError(f"{path}: cannot read image")
     if bbx is not None:

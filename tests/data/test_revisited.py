@@ -161,3 +161,20 @@ def test_original_oxford5k_ground_truth_loads_and_scores_with_the_original_proto
         pickle.dump(raw, f)
     with pytest.raises(DataError, match=r"gnd\[0\] lacks \['easy', 'hard'\]"):
         load_revisited(original)
+
+
+def test_read_image_crops_the_stored_pixels_whatever_the_exif_orientation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lightning_modules.data.revisited import read_image
+
+    pixels = np.zeros((100, 200, 3), np.uint8)
+    pixels[:50, :100], pixels[:50, 100:] = (255, 0, 0), (0, 0, 255)
+    pixels[50:, :100], pixels[50:, 100:] = (0, 255, 0), (255, 255, 255)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display", as phone photos are often tagged
+    image.save(tmp_path / "tagged.jpg", exif=exif.tobytes(), quality=95)
+    crop = read_image(tmp_path / "tagged.jpg", 8, [0, 50, 100, 100])  # the green block, stored coordinates
+    assert np.abs(crop.reshape(-1, 3).mean(0) - (0, 255, 0)).max() < 8
+    assert read_image(tmp_path / "tagged.jpg", 8).shape == (8, 8, 3)
