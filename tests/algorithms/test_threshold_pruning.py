@@ -131,3 +131,26 @@ def test_second_pipeline_on_the_same_weights_is_refused(
     with pytest.raises(nncf_ext.ModelError, match="already carry"):
         nncf_ext.create_compression(tiny_net, pruning_config(0.1), example_input)
     assert len(masks(tiny_net)) == 3
+
+
+def test_std_criterion_keeps_a_one_element_weight() -> None:
+    assert threshold_mask(torch.tensor([[0.9]]), 0.5, "std").all()
+    assert not threshold_mask(torch.tensor([[0.9]]), 1.0, "absolute").any()
+
+
+def test_repeating_an_epoch_prunes_no_more(example_input: torch.Tensor) -> None:
+    """With a non-zero mean, pruning raises the std of the (zero-filled) weights: pruning again at the same
+    threshold would take more, so a repeated epoch (a resume, a callback after create_compression) keeps
+    the epoch's masks."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():
+        model.fc.weight.normal_(0.2, 0.1)
+    entry = {"algorithm": "threshold_pruning", "criterion": "std", "threshold": 1.5,
+             "target_scope": {"names": ["fc.weight"]}}  # fmt: skip
+    pipeline = nncf_ext.create_compression(model, {"compression": [entry]}, example_input)
+    pruned = pipeline.summary()["threshold_pruning/pruned_fraction"]
+    assert 0 < pruned < 1
+    for _ in range(3):
+        pipeline.epoch_step(0)
+        assert pipeline.summary()["threshold_pruning/pruned_fraction"] == pruned

@@ -33,9 +33,15 @@ class ThresholdPruningConfig(AlgorithmConfig):
 
 @torch.no_grad()
 def threshold_mask(weight: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
-    """Boolean keep-mask: True where ``|w| >= t`` (absolute) or ``|w| >= t * std(w)`` (std)."""
-    t = threshold * float(weight.float().std()) if criterion == "std" else threshold
-    return weight.abs() >= t
+    """Boolean keep-mask: True where ``|w| >= t`` (absolute) or ``|w| >= t * std(w)`` (std).
+
+    A weight of one element has no standard deviation: the std criterion keeps it.
+    """
+    if criterion == "std":
+        if weight.numel() < 2:
+            return torch.ones_like(weight, dtype=torch.bool)
+        return weight.abs() >= threshold * float(weight.float().std())
+    return weight.abs() >= threshold
 
 
 @register_algorithm
@@ -89,7 +95,11 @@ class ThresholdPruning(CompressionAlgorithm):
         self.step()
 
     def epoch_step(self, epoch: int) -> None:
+        repeated = epoch == self.epoch
         super().epoch_step(epoch)
+        if repeated:  # the masks of this epoch are set (on a resume, restored): pruning again would move
+            self.step()  # the std threshold, measured on weights already pruned at it
+            return
         self.update_masks(self.config.threshold(epoch))
 
     @torch.no_grad()
