@@ -142,7 +142,7 @@ class CompressionStatistic:
             rows.append(
                 [s.name, "x".join(map(str, s.shape)), s.params, f"{s.sparsity:.1%}", s.bits, fmt,
                  format_bytes(s.dense_bytes), format_bytes(s.compressed_bytes), format_bytes(s.huffman_bytes),
-                 f"{s.dense_bytes / s.huffman_bytes:.1f}x"]
+                 f"{s.dense_bytes / s.huffman_bytes:.1f}x" if s.huffman_bytes else "-"]
             )  # fmt: skip
         if self.other_params:
             size = format_bytes(self.other_bytes)
