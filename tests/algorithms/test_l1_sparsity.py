@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import nncf_ext
@@ -63,3 +64,15 @@ def test_l1_drives_weights_to_zero(tiny_net: TinyNet, example_input: torch.Tenso
         pipeline.loss().backward()
         optimizer.step()
     assert float(pipeline.loss()) < 0.9 * before
+
+
+def test_l1_loss_of_an_fp16_model_does_not_overflow() -> None:
+    model = torch.nn.Linear(512, 512)
+    with torch.no_grad():
+        model.weight.fill_(0.5)  # sum |W| = 131072, above fp16's largest value (65504)
+    model.half()
+    config = {"compression": [{"algorithm": "l1_sparsity", "lambda": 1e-6}]}
+    pipeline = nncf_ext.create_compression(model, config, torch.ones(1, 512).half())
+    loss = pipeline.loss()
+    assert loss is not None and torch.isfinite(loss)
+    assert float(loss) == pytest.approx(1e-6 * 512 * 512 * 0.5, rel=1e-3)

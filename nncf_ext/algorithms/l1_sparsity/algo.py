@@ -67,7 +67,8 @@ class L1Sparsity(CompressionAlgorithm):
         params = self._params()
         if self.strength == 0.0:
             return None
-        return self._scale() * torch.stack([p.abs().sum() for p in params]).sum()
+        # summed in float32: the L1 norm of an fp16 layer overflows fp16 (65504) at a few million weights
+        return self._scale() * torch.stack([p.abs().sum(dtype=torch.float32) for p in params]).sum()
 
     @torch.no_grad()
     def inject_gradients(self) -> None:
