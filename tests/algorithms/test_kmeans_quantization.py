@@ -232,3 +232,43 @@ def test_unmatched_bits_rule_and_unfinished_pruning(example_input: torch.Tensor)
     with pytest.raises(ConfigError, match="until epoch 5") as info:
         nncf_ext.load_config(config)
     assert info.value.path == "compression[1].start_epoch"
+
+
+def test_kmeans_of_float64_values_assigns_every_value_to_its_nearest_centroid() -> None:
+    for values in (torch.tensor([0.1, 0.2, 0.3, 0.7], dtype=torch.float64), torch.randn(1000).double()):
+        result = kmeans_1d(values, 2)
+        nearest = (values.float()[:, None] - result.centroids[None]).abs().argmin(1)
+        assert torch.equal(result.index.long(), nearest)
+
+
+def test_histogram_atoms_of_a_narrow_spread_far_from_zero() -> None:
+    torch.manual_seed(0)
+    for offset in (1.0, -1.0):
+        weights = offset + 1e-5 * torch.randn(300_000)  # above the exact-atom limit: histogram atoms
+        result = kmeans_1d(weights, 4)
+        assert result.index.min() >= 0 and result.index.max() < 4
+        error = (result.centroids[result.index.long()] - weights).abs().max()
+        assert error < 1e-4  # the scale of the spread, not of the offset
+
+
+def test_an_empty_layer_is_clustered_without_sparsity(example_input: torch.Tensor) -> None:
+    class WithEmpty(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.empty = torch.nn.Linear(4, 3), torch.nn.Linear(4, 0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.a(x), self.empty(x)], 1)
+
+    entry = {"algorithm": "kmeans_quantization", "bits": 2, "preserve_sparsity": False}
+    model = WithEmpty()
+    pipeline = nncf_ext.create_compression(model, {"compression": [entry]}, torch.randn(2, 4))
+    assert model(torch.randn(2, 4)).shape == (2, 3)
+    assert "empty.weight" in str(pipeline.statistics())
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_a_kmeans_seed_out_of_range_is_a_config_error(seed: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        nncf_ext.load_config({"compression": [{"algorithm": "kmeans_quantization", "seed": seed}]})
+    assert info.value.path == "compression[0].seed"

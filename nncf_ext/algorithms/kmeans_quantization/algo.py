@@ -66,7 +66,7 @@ class KMeansQuantization(CompressionAlgorithm):
             reassign_interval=r.integer("reassign_interval", 0, minimum=0),
             gradient_aggregation=r.string("gradient_aggregation", "sum", choices=("sum", "mean")),
             kmeans_iterations=r.integer("kmeans_iterations", 100, minimum=1),
-            seed=r.integer("seed", 0),
+            seed=r.integer("seed", 0, minimum=0, maximum=2**63 - 1),
             **AlgorithmConfig.read_scopes(r),
         )
         if config.reassign_interval and assignment != "reassign":
@@ -152,6 +152,8 @@ class KMeansQuantization(CompressionAlgorithm):
                     )
                     codebook[1:] = result.centroids
                     index[nonzero] = result.index.long() + 1
+            elif weight.numel() == 0:
+                codebook, index = torch.zeros(hook.k), torch.zeros(weight.shape, dtype=torch.long)
             else:
                 result = kmeans_1d(
                     weight,

@@ -33,18 +33,22 @@ class Atoms:
 
     def lookup(self, weights: torch.Tensor, atom_table: torch.Tensor) -> torch.Tensor:
         """``atom_table[atom of w]`` for each weight ``w`` (flattened), without materialising atom indices."""
-        flat = weights.reshape(-1)
+        flat = weights.reshape(-1).float()  # the dtype the atoms were made from
         if self.bin_to_atom is None:
             return atom_table[torch.searchsorted(self.values.to(flat.dtype), flat)]
         bins = self.weight_bins
         if bins is None or bins.numel() != flat.numel():
-            bins = histogram_bin(flat, self.low, self.scale)
+            bins = histogram_bin(flat, self.low, self.scale, self.bin_to_atom.numel())
         return atom_table[self.bin_to_atom].index_select(0, bins)
 
 
-def histogram_bin(flat: torch.Tensor, low: float, scale: float) -> torch.Tensor:
-    """Bin of each value: ``floor((w - low) * scale)``, in ``[0, bins - 1]`` by construction of ``scale``."""
-    return torch.mul(flat, scale).sub_(low * scale).to(torch.int32)
+def histogram_bin(flat: torch.Tensor, low: float, scale: float, bins: int) -> torch.Tensor:
+    """Bin of each value: ``floor((w - low) * scale)``, clamped to ``[0, bins - 1]``.
+
+    ``low`` is subtracted first: ``w * scale - low * scale`` cancels catastrophically when ``|w| * scale``
+    is large (a narrow spread far from zero).
+    """
+    return torch.sub(flat, low).mul_(scale).clamp_(0, bins - 1).to(torch.int32)
 
 
 def make_atoms(
@@ -63,7 +67,7 @@ def make_atoms(
         v = torch.tensor([low], dtype=torch.float64)
         return Atoms(v, torch.tensor([float(flat.numel())], dtype=torch.float64), v * flat.numel())
     scale = (bins - 1) / (high - low)
-    idx = histogram_bin(flat, low, scale)
+    idx = histogram_bin(flat, low, scale, bins)
     counts = torch.bincount(idx, minlength=bins).double()
     sums = torch.bincount(idx, weights=flat, minlength=bins).double()
     occupied = counts > 0
