@@ -272,3 +272,22 @@ def test_a_kmeans_seed_out_of_range_is_a_config_error(seed: int) -> None:
     with pytest.raises(ConfigError) as info:
         nncf_ext.load_config({"compression": [{"algorithm": "kmeans_quantization", "seed": seed}]})
     assert info.value.path == "compression[0].seed"
+
+
+def test_reassign_right_after_clustering_changes_nothing_and_never_prunes(
+    example_input: torch.Tensor,
+) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    entry = kmeans_config(bits=2, assignment="reassign", preserve_sparsity=True)
+    pipeline = nncf_ext.create_compression(model, entry, example_input)
+    before = {
+        n: effective_weight(model, n, p).clone()
+        for n, p in model.named_parameters()
+        if n in quantizers(model)
+    }
+    assert all(bool((w != 0).all()) for w in before.values())
+    pipeline.epoch_step(1)  # reassigns, with no training in between
+    for name, param in model.named_parameters():
+        if name in before:
+            assert torch.equal(effective_weight(model, name, param), before[name]), name

@@ -173,8 +173,12 @@ class KMeansQuantization(CompressionAlgorithm):
         for name, hook in self.quantizers.items():
             weight = self._incoming(name, hook).float()
             codebook = hook.effective_codebook().detach().float()
-            order = torch.argsort(codebook)
-            index = order[nearest_centroid(weight.reshape(-1), codebook[order])].reshape(weight.shape)
+            # with preserve_sparsity, zeros keep the fixed zero centroid and the other weights choose among
+            # the trained ones, as k-means placed them: reassigning never prunes
+            first = 1 if self.config.preserve_sparsity else 0
+            trained = codebook[first:]
+            order = torch.argsort(trained)
+            index = order[nearest_centroid(weight.reshape(-1), trained[order])].reshape(weight.shape) + first
             if self.config.preserve_sparsity:
                 index = torch.where(weight == 0, torch.zeros_like(index), index)
             hook.index.copy_(index.to(hook.index.dtype))
