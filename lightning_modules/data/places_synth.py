@@ -6,7 +6,8 @@ place.
 Views put the facade in a street scene (sky, ground, neighbouring buildings) under a perspective warp, scale
 change, illumination change (colour cast, gamma, shadow) and occlusion (trees, cars, people, poles):
 
-* easy views: mild changes; hard views: strong ones; junk views: under a quarter of the facade visible;
+* easy views: mild changes; hard views: strong ones; junk views: far away and tiny, or under a quarter of
+  the facade inside the frame;
 * one query per place, a wider scene whose ``bbx`` frames the facade;
 * distractors: scenes around facades that belong to no place.
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from lightning_modules.data.cache import data_root
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 DATASETS = {"synth_oxford": 1, "synth_paris": 2, "synth_train": 3}
 """Dataset name -> seed of the embedded datasets: two test sets named for the paper's, and a training set
 with places of its own (Pittsburgh's role for NetVLAD), so the demo scores every model on two held-out
@@ -248,6 +249,25 @@ def _occluder(img: np.ndarray, rng: np.random.Generator, x: int, y: int, s: int)
         cv2.circle(img, (x, y - s), max(2, s // 10), (240, 230, 150), -1, cv2.LINE_AA)
 
 
+def visible_fraction(quad: np.ndarray, size: int) -> float:
+    """Share of the convex quadrilateral ``quad`` (4 x 2 corners) inside the ``size`` x ``size`` frame."""
+    frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
+    inside, _ = cv2.intersectConvexConvex(quad.astype(np.float32), frame)
+    return float(inside) / max(float(cv2.contourArea(quad.astype(np.float32))), 1e-9)
+
+
+def out_of_frame(quad: np.ndarray, size: int, side: int, share: float, limit: float = 0.25) -> np.ndarray:
+    """``quad`` moved sideways (``side`` -1: left, 1: right) until about ``share`` of its width, and at
+    most ``limit`` of its area, is left inside the frame."""
+    width = float(np.ptp(quad[:, 0]))
+    edge = quad[:, 0].max() if side < 0 else quad[:, 0].min()
+    target = share * width if side < 0 else size - share * width
+    quad = quad + np.array([target - edge, 0.0])
+    while visible_fraction(quad, size) > limit:
+        quad = quad + np.array([side * 0.02 * width, 0.0])
+    return quad
+
+
 def render_view(
     facade: np.ndarray, rng: np.random.Generator, view: _View, size: int, junk: bool = False
 ) -> tuple[np.ndarray, list[float]]:
@@ -276,16 +296,19 @@ def render_view(
     fh, fw = facade.shape[:2]
     scale = rng.uniform(*view.scale) * size / fh
     centre = np.array([size / 2, ground - fh * scale / 2]) + rng.normal(0, view.shift * size, 2)
-    if junk:  # under a quarter visible: far away and small, or mostly out of the frame
+    off_frame = None  # junk: far away and tiny, or mostly out of the frame (side, share left in view)
+    if junk:
         if rng.random() < 0.5:
             scale *= rng.uniform(0.2, 0.3)
         else:
-            centre = centre + rng.choice([-1, 1], 2) * np.array([fw, fh]) * scale * rng.uniform(0.42, 0.5)
+            off_frame = (int(rng.choice([-1, 1])), float(rng.uniform(0.08, 0.2)))
     corners = np.array([[0, 0], [fw, 0], [fw, fh], [0, fh]], np.float64)
     dst = (corners - [fw / 2, fh / 2]) * scale
     angle = np.deg2rad(rng.normal(0, view.rotation))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     dst = dst @ rot.T + centre + rng.uniform(-1, 1, (4, 2)) * view.perspective * np.array([fw, fh]) * scale
+    if off_frame is not None:
+        dst = out_of_frame(dst, size, *off_frame)
     homography = cv2.getPerspectiveTransform(corners.astype(np.float32), dst.astype(np.float32))
     warped = cv2.warpPerspective(facade, homography, (size, size), flags=cv2.INTER_AREA)
     mask = cv2.warpPerspective(np.full((fh, fw), 255, np.uint8), homography, (size, size)) > 127

@@ -90,3 +90,28 @@ def test_ensure_writes_disjoint_datasets_and_reuses_the_cache(
 def test_default_config_has_at_least_50_places() -> None:
     config = SynthConfig()
     assert config.num_places >= 50 and config.easy_views + config.hard_views >= 4 and config.distractors > 0
+
+
+def test_out_of_frame_junk_views_show_under_a_quarter_of_the_facade(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[float] = []
+    move = places_synth.out_of_frame
+
+    def recorded(quad: np.ndarray, size: int, side: int, share: float) -> np.ndarray:
+        moved = move(quad, size, side, share)
+        shown.append(places_synth.visible_fraction(moved, size))
+        return moved
+
+    config = SynthConfig(
+        num_places=30, easy_views=0, hard_views=0, junk_views=2, distractors=0, image_size=48
+    )
+    monkeypatch.setattr(places_synth, "out_of_frame", recorded)
+    places_synth.render_places(5, config)
+    assert len(shown) > 15  # about half of the 60 junk views; the others are far away and tiny
+    assert min(shown) > 0.02 and max(shown) <= 0.25
+
+
+def test_visible_fraction_of_a_quadrilateral() -> None:
+    square = np.array([[-10, 0], [10, 0], [10, 20], [-10, 20]], np.float64)
+    assert places_synth.visible_fraction(square, 48) == pytest.approx(0.5)
+    assert places_synth.visible_fraction(square + np.array([20, 0]), 48) == pytest.approx(1.0)
+    assert places_synth.visible_fraction(square - np.array([30, 0]), 48) == 0.0
