@@ -42,13 +42,17 @@ class Atoms:
         return atom_table[self.bin_to_atom].index_select(0, bins)
 
 
-def histogram_bin(flat: torch.Tensor, low: float, scale: float, bins: int) -> torch.Tensor:
-    """Bin of each value: ``floor((w - low) * scale)``, clamped to ``[0, bins - 1]``.
+def histogram_bin(flat: torch.Tensor, low: float, scale: float, bins: int | None = None) -> torch.Tensor:
+    """Bin of each value: ``floor((w - low) * scale)``; clamped to ``[0, bins - 1]`` when ``bins`` is given.
 
     ``low`` is subtracted first: ``w * scale - low * scale`` cancels catastrophically when ``|w| * scale``
-    is large (a narrow spread far from zero).
+    is large (a narrow spread far from zero). Values in ``[low, high]`` need no clamp: ``w - low >= 0``
+    exactly, and ``(high - low) * scale`` rounds to less than ``bins``.
     """
-    return torch.sub(flat, low).mul_(scale).clamp_(0, bins - 1).to(torch.int32)
+    binned = torch.sub(flat, low).mul_(scale)
+    if bins is not None:
+        binned.clamp_(0, bins - 1)
+    return binned.to(torch.int32)
 
 
 def make_atoms(
@@ -67,7 +71,7 @@ def make_atoms(
         v = torch.tensor([low], dtype=torch.float64)
         return Atoms(v, torch.tensor([float(flat.numel())], dtype=torch.float64), v * flat.numel())
     scale = (bins - 1) / (high - low)
-    idx = histogram_bin(flat, low, scale, bins)
+    idx = histogram_bin(flat, low, scale)
     counts = torch.bincount(idx, minlength=bins).double()
     sums = torch.bincount(idx, weights=flat, minlength=bins).double()
     occupied = counts > 0
