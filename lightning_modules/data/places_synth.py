@@ -259,7 +259,7 @@ def visible_fraction(quad: np.ndarray, size: int) -> float:
 def out_of_frame(quad: np.ndarray, size: int, side: int, share: float, limit: float = 0.25) -> np.ndarray:
     """``quad`` moved sideways (``side`` -1: left, 1: right) until about ``share`` of its width, and at
     most ``limit`` of its area, is left inside the frame."""
-    width = float(np.ptp(quad[:, 0]))
+    width = max(float(np.ptp(quad[:, 0])), 1.0)
     edge = quad[:, 0].max() if side < 0 else quad[:, 0].min()
     target = share * width if side < 0 else size - share * width
     quad = quad + np.array([target - edge, 0.0])
