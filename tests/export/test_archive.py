@@ -2,7 +2,9 @@ import json
 import os
 import stat
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,17 +175,25 @@ def test_truncated_or_extended_archive_is_refused_naming_the_tensor(tmp_path: Pa
         nncf_ext.load_archive(tmp_path / "t.dca")
 
 
-def test_a_blob_of_the_wrong_size_is_refused(tmp_path: Path, example_input: torch.Tensor) -> None:
-    model, _ = compressed([PRUNE], example_input)
-    nncf_ext.save_archive(model, tmp_path / "m.dca")
-    data = (tmp_path / "m.dca").read_bytes()
+def _edit_header(source: Path, target: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Write ``source`` to ``target`` with its JSON header changed by ``edit``."""
+    data = source.read_bytes()
     start = len(MAGIC) + 8
     length = int.from_bytes(data[len(MAGIC) : start], "little")
     header = json.loads(zlib.decompress(data[start : start + length]))
-    raw = next(t for t in header["tensors"] if t["name"] == "fc.bias")["raw"]
-    raw["shape"] = [2]  # the header disagrees with the blob it points to
+    edit(header)
     new = zlib.compress(json.dumps(header).encode())
-    (tmp_path / "t.dca").write_bytes(MAGIC + len(new).to_bytes(8, "little") + new + data[start + length :])
+    target.write_bytes(MAGIC + len(new).to_bytes(8, "little") + new + data[start + length :])
+
+
+def test_a_blob_of_the_wrong_size_is_refused(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+
+    def shrink_fc_bias(header: dict[str, Any]) -> None:  # the header disagrees with the blob it points to
+        next(t for t in header["tensors"] if t["name"] == "fc.bias")["raw"]["shape"] = [2]
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", shrink_fc_bias)
     with pytest.raises(CheckpointError, match=r"t\.dca: tensor 'fc\.bias': a blob of 16 bytes where 8"):
         nncf_ext.load_archive(tmp_path / "t.dca")
 
@@ -204,14 +214,12 @@ def test_a_format_1_archive_still_loads() -> None:
 def test_an_archive_of_an_unknown_format_is_refused(tmp_path: Path, example_input: torch.Tensor) -> None:
     model, _ = compressed([PRUNE], example_input)
     nncf_ext.save_archive(model, tmp_path / "m.dca")
-    data = (tmp_path / "m.dca").read_bytes()
-    start = len(MAGIC) + 8
-    length = int.from_bytes(data[len(MAGIC) : start], "little")
-    header = json.loads(zlib.decompress(data[start : start + length]))
-    assert header["format"] == 2
-    header["format"] = 3
-    new = zlib.compress(json.dumps(header).encode())
-    (tmp_path / "t.dca").write_bytes(MAGIC + len(new).to_bytes(8, "little") + new + data[start + length :])
+
+    def next_format(header: dict[str, Any]) -> None:
+        assert header["format"] == 2
+        header["format"] = 3
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", next_format)
     with pytest.raises(
         CheckpointError, match=r"t\.dca: archive format 3; this nncf-ext reads formats 1 to 2"
     ):
