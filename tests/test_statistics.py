@@ -126,7 +126,7 @@ def test_clustered_layer_storage_and_huffman_match_real_encoding() -> None:
     assert np.isfinite(stat.huffman_ratio) and stat.huffman_ratio > stat.ratio * 0.99
 
 
-def test_table_of_a_fully_pruned_layer() -> None:
+def test_table_of_a_fully_pruned_layer(example_input: torch.Tensor) -> None:
     from tests.conftest import TinyNet
 
     torch.manual_seed(0)
@@ -134,7 +134,7 @@ def test_table_of_a_fully_pruned_layer() -> None:
     with torch.no_grad():
         model.fc.weight.zero_()
     entry = {"algorithm": "threshold_pruning", "threshold": 0.01}
-    pipeline = nncf_ext.create_compression(model, {"compression": [entry]}, torch.randn(2, 3, 12, 12))
+    pipeline = nncf_ext.create_compression(model, {"compression": [entry]}, example_input)
     table = str(pipeline.statistics())
     row = next(line for line in table.splitlines() if " fc.weight " in line)
     assert "100.0%" in row and row.split()[-2] == "-"

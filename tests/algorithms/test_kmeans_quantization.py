@@ -251,7 +251,7 @@ def test_histogram_atoms_of_a_narrow_spread_far_from_zero() -> None:
         assert error < 1e-4  # the scale of the spread, not of the offset
 
 
-def test_an_empty_layer_is_clustered_without_sparsity(example_input: torch.Tensor) -> None:
+def test_an_empty_layer_is_clustered_without_sparsity() -> None:
     class WithEmpty(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
