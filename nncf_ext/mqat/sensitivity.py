@@ -105,7 +105,7 @@ def _fingerprint(modules: Mapping[str, Sequence[WeightInfo]]) -> dict[str, list[
 
 @torch.no_grad()
 def quantized_weight(
-    weight: torch.Tensor, bits: int, mode: str = "symmetric", per_channel: bool = True, init: str = "mse"
+    weight: torch.Tensor, bits: int, mode: str = "symmetric", *, per_channel: bool = True, init: str = "mse"
 ) -> torch.Tensor:
     """``weight`` as a ``bits``-bit NNCF weight quantizer with a freshly initialised range would make it."""
     quantizer = make_weight_quantizer(weight, bits, mode, per_channel).to(weight.device)
@@ -119,6 +119,7 @@ def weights_quantized(
     weights: Sequence[WeightInfo],
     bits: int,
     mode: str = "symmetric",
+    *,
     per_channel: bool = True,
     init: str = "mse",
 ) -> Iterator[None]:
@@ -128,7 +129,7 @@ def weights_quantized(
         with torch.no_grad():
             for w in weights:
                 param = get_weight(model, w.name)
-                param.copy_(quantized_weight(param, bits, mode, per_channel, init))
+                param.copy_(quantized_weight(param, bits, mode, per_channel=per_channel, init=init))
         yield
     finally:
         with torch.no_grad():
@@ -172,7 +173,7 @@ def measure_sensitivity(
     for name, weights in modules.items():
         costs[name] = {}
         for bits in candidate_bits:
-            with weights_quantized(model, weights, bits, mode, per_channel, init):
+            with weights_quantized(model, weights, bits, mode, per_channel=per_channel, init=init):
                 costs[name][bits] = sign * (baseline - float(evaluate()))
     table = SensitivityTable(method, baseline, costs, _fingerprint(modules), settings)
     if cache is not None:
@@ -233,7 +234,7 @@ def hessian_sensitivity(
             perturbation = 0.0
             for w in weights:
                 param = get_weight(model, w.name).detach()
-                quantized = quantized_weight(param, bits, mode, per_channel, init)
+                quantized = quantized_weight(param, bits, mode, per_channel=per_channel, init=init)
                 perturbation += float((quantized - param).pow(2).sum())
             # |trace|: near a minimum of a hinge-type loss (triplet) the estimate can come out negative,
             # which would rank the coarsest quantization best; the magnitude keeps the curvature ranking
