@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from nncf.common.graph import NNCFNode
+from nncf.common.graph.layer_attributes import Dtype
 from nncf.torch.function_hook.hook_storage import HookStorage
 from nncf.torch.function_hook.nncf_graph.layer_attributes import PT2OpLayerAttributes
 from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
@@ -112,17 +114,18 @@ def build_graph(model: nn.Module, example_input: Any) -> PTNNCFGraph:
 
 def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
     """Weight constants of the operations NNCF considers weighted (conv, linear, embedding, matmul)."""
-    ops: dict[str, list[tuple[str, str]]] = {}
+    ops: dict[str, list[tuple[str, str, int | None]]] = {}
     for node in graph.topological_sort():
         if node.metatype not in OPERATORS_WITH_WEIGHTS_METATYPES:
             continue
         attrs = node.layer_attributes
         if not isinstance(attrs, PT2OpLayerAttributes):
             continue
+        activation = activation_port(graph, node, attrs.constant_port_ids)
         for port in sorted(attrs.constant_port_ids.intersection(node.metatype.weight_port_ids)):
             const = get_const_node(node, port, graph)
             if const is not None:
-                ops.setdefault(const.node_name, []).append((node.node_name, node.node_type))
+                ops.setdefault(const.node_name, []).append((node.node_name, node.node_type, activation))
     weights = []
     for const_name, consumers in ops.items():
         module_name, attr = split_const_name(const_name)
@@ -133,12 +136,23 @@ def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
                 name=const_name,
                 module_name=module_name,
                 module_type=type(module).__name__,
-                op_names=tuple(n for n, _ in consumers),
-                op_types=tuple(t for _, t in consumers),
+                op_names=tuple(n for n, _, _ in consumers),
+                op_types=tuple(t for _, t, _ in consumers),
                 shape=tuple(tensor.shape),
+                activation_ports=tuple(a for _, _, a in consumers),
             )
         )
     return weights
+
+
+def activation_port(graph: PTNNCFGraph, node: NNCFNode, constant_ports: set[int]) -> int | None:
+    """The input port of ``node`` that carries its floating-point activation: the first input that is not a
+    constant (port 1 of ``W @ x``, port 0 of a convolution); None when there is none (an embedding's indices
+    are integers)."""
+    for edge in sorted(graph.get_input_edges(node), key=lambda e: e.input_port_id):
+        if edge.input_port_id not in constant_ports and edge.dtype == Dtype.FLOAT:
+            return edge.input_port_id
+    return None
 
 
 def find_other_constants(model: nn.Module, graph: PTNNCFGraph, weights: list[WeightInfo]) -> list[WeightInfo]:

@@ -110,27 +110,53 @@ def quantizer_codes(quantizer: BaseQuantizer, quantized: torch.Tensor) -> tuple[
 LSQ_ELEMENTS = "_nncf_ext_lsq_elements"  # quantizer attribute: N of the LSQ gradient scale
 
 
-def _lsq_scale(quantizer: BaseQuantizer, grad: torch.Tensor) -> torch.Tensor:
+def lsq_gradient_factor(quantizer: BaseQuantizer, param: str) -> float:
+    """What the gradient of the quantizer's parameter ``param`` is multiplied by so that the step size ``s``
+    trains as in LSQ: ``ds = -lr * g * dL/ds`` with ``g = 1 / sqrt(N * Qp)``.
+
+    NNCF learns ranges, not ``s``. The symmetric ``scale`` is ``Qp * s``, and NNCF's gradient for it from an
+    input inside the range is that of the range ``(levels - 1) * s``: with this factor such inputs move ``s``
+    exactly as in LSQ, and a clipped input (whose NNCF gradient is the true one) by ``(levels - 1) / Qp``
+    (about 2) times as much. The asymmetric ``input_range`` is ``(levels - 1) * s`` (NNCF's alignment of zero
+    to a level aside); ``input_low`` is an offset in input units, which LSQ+ scales by ``g`` alone. A
+    constant factor does not change what Adam does; under SGD it sets how fast ranges train.
+    """
     n = getattr(quantizer, LSQ_ELEMENTS)
-    return grad / (n * max(int(quantizer.level_high), 1)) ** 0.5
+    qp = max(int(quantizer.level_high), 1)
+    steps = int(quantizer.level_high) - int(quantizer.level_low)  # levels - 1
+    g = 1.0 / (n * qp) ** 0.5
+    if param == "input_low":
+        return g
+    if isinstance(quantizer, SymmetricQuantizer):
+        return g * qp * steps
+    return g * steps * steps
+
+
+def _lsq_scale(quantizer: BaseQuantizer, param: str, grad: torch.Tensor) -> torch.Tensor:
+    return grad * lsq_gradient_factor(quantizer, param)
 
 
 def _place_lsq_hooks(quantizer: nn.Module, args: Any) -> None:
-    """Forward pre-hook: make sure every range parameter of ``quantizer`` carries the LSQ gradient hook.
+    """Forward pre-hook: make sure every trainable range parameter of ``quantizer`` carries the LSQ gradient
+    hook.
 
     Tensor hooks do not survive ``copy.deepcopy`` (nor pickling); the module's forward pre-hooks and
-    attributes do, so a copied quantizer puts the hook back on its own parameters at its first forward.
+    attributes do, so a copied quantizer puts the hook back on its own parameters at its first forward. A
+    frozen range (``requires_grad`` off) gets its hook at the first forward after it is unfrozen.
     """
-    for param in quantizer.parameters():
-        if not param.dtype.is_floating_point:
+    for name, param in quantizer.named_parameters():
+        if not param.dtype.is_floating_point or not param.requires_grad:
             continue
         hooks = (param._backward_hooks or {}).values()
         if not any(isinstance(h, partial) and h.func is _lsq_scale and h.args[0] is quantizer for h in hooks):
-            param.register_hook(partial(_lsq_scale, quantizer))
+            param.register_hook(
+                partial(_lsq_scale, quantizer, name.removesuffix("_param_storage").lstrip("_"))
+            )
 
 
 def scale_range_gradients(quantizer: BaseQuantizer, elements_per_scale: int) -> None:
-    """LSQ (Esser et al. 2020): multiply the gradient of the quantizer's range by ``1 / sqrt(N * Qp)``.
+    """LSQ (Esser et al. 2020): the step size trains with its gradient scaled by ``g = 1 / sqrt(N * Qp)``
+    (on NNCF's range parameters, see :func:`lsq_gradient_factor`).
 
     ``N`` is the number of elements sharing one scale, ``Qp`` the largest positive level, read when the
     gradient arrives: an activation quantizer's sign (``Qp`` 2^(b-1) - 1 or 2^b - 1) is set by its range

@@ -37,6 +37,8 @@ class WeightInfo:
     op_types: tuple[str, ...]
     shape: tuple[int, ...]
     weighted: bool = True  # consumed by a weighted operation (conv, linear, matmul, embedding)
+    # per op: the input port of its floating-point activation (None: it has none, e.g. an embedding)
+    activation_ports: tuple[int | None, ...] = ()
 
     @property
     def numel(self) -> int:

@@ -100,7 +100,7 @@ def test_bad_configs(options: dict, path: str) -> None:
     assert info.value.path == path
 
 
-def test_lsq_gradient_scale_is_one_over_sqrt_n_qp_with_the_sign_of_each_quantizer() -> None:
+def test_lsq_gradient_scale_follows_the_sign_of_each_quantizer() -> None:
     from tests.mqat.models import ModularNet
 
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -118,12 +118,92 @@ def test_lsq_gradient_scale_is_one_over_sqrt_n_qp_with_the_sign_of_each_quantize
     assert set(signs.values()) == {True, False}  # the image input is signed, the post-ReLU inputs are not
     inputs = {"backbone/0/conv2d/0": 3 * 8 * 8, "backbone/2/conv2d/0": 8 * 8 * 8, "fpn/0/conv2d/0": 8 * 8 * 8,
               "head/linear/0": 8}  # fmt: skip
+    # NNCF's symmetric scale is Qp * s and gets the gradient of the range (levels - 1) * s: the factor that
+    # gives s LSQ's gradient scale 1 / sqrt(N * Qp) is Qp * (levels - 1) / sqrt(N * Qp)
     for name, q in algo.weight_quantizers.items():
         n = get_weight(algo.model, name).numel() // q.scale.numel()
-        assert torch.allclose(grads[1][name], grads[0][name] / (n * 7) ** 0.5, rtol=1e-5), name
+        assert torch.allclose(grads[1][name], grads[0][name] * 7 * 15 / (n * 7) ** 0.5, rtol=1e-5), name
     for op in algo.activation_quantizers:
         qp = 7 if signs[op] else 15
-        assert torch.allclose(grads[1][op], grads[0][op] / (inputs[op] * qp) ** 0.5, rtol=1e-5), op
+        expected = grads[0][op] * qp * 15 / (inputs[op] * qp) ** 0.5
+        assert torch.allclose(grads[1][op], expected, rtol=1e-5), op
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_lsq_step_size_moves_as_in_lsq_under_sgd(signed: bool) -> None:
+    """One SGD step on NNCF's scale moves the step size s by -lr * g * dL/ds, g = 1 / sqrt(N * Qp), with
+    dL/ds from LSQ's own straight-through formula (inputs inside the range: NNCF's gradient of a clipped
+    input is (levels - 1) / Qp times LSQ's, see ``lsq_gradient_factor``)."""
+    from nncf_ext.quantizers import make_quantizer, scale_range_gradients, set_range
+
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    x = x if signed else x.relu()
+    target = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    q = make_quantizer(4, "symmetric", (1,), signed=signed, is_weights=False)
+    set_range(q, x.min() * 1.1, x.max() * 1.1)
+    scale_range_gradients(q, x.numel())
+    qn, qp = q.level_low, q.level_high
+    s0 = q.scale.detach().clone() / qp
+    (q(x) - target).square().sum().backward()
+    lr = 1e-3
+    with torch.no_grad():
+        q.scale -= lr * q.scale.grad
+    s = s0.clone().requires_grad_(True)
+    v = torch.clamp(x / s, qn, qp)
+    ((v.round() - v).detach() + v).mul(s).sub(target).square().sum().backward()
+    assert s.grad is not None and float(s.grad.abs()) > 0
+    expected = -lr * s.grad / (x.numel() * qp) ** 0.5
+    assert torch.allclose(q.scale.detach() / qp - s0, expected, rtol=1e-4)
+
+
+def test_lsq_with_fixed_ranges_runs(example_input: torch.Tensor) -> None:
+    """Ranges without gradients get no LSQ hook (registering one on them raised at the first forward)."""
+    model = TinyNet()
+    options = {"weights": {"bits": 4}, "trainable_ranges": False, "lsq_gradient_scale": True}
+    pipeline = nncf_ext.create_compression(model, config(**options), example_input)
+    model(example_input).sum().backward()
+    (algo,) = pipeline.algorithms
+    assert all(not p.requires_grad for q in algo.weight_quantizers.values() for p in q.parameters())
+
+
+class _MatmulEmbeddingNet(torch.nn.Module):
+    """``W @ x`` (the weight on port 0) and an embedding (integer indices on port 0) beside a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.randn(4, 8))
+        self.emb = torch.nn.Embedding(10, 2)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.matmul(self.W, x).mean(2)) + self.emb(idx).sum(1)
+
+
+def test_activation_quantizers_sit_on_the_float_input_of_each_op() -> None:
+    from nncf.torch.function_hook.wrapper import register_pre_function_hook
+
+    torch.manual_seed(0)
+    model = _MatmulEmbeddingNet()
+    inputs = (torch.randn(2, 8, 3), torch.randint(0, 10, (2, 5)))
+    options = {"weights": {"bits": 8}, "activations": {"bits": 4}}
+    (algo,) = nncf_ext.create_compression(model, config(**options), inputs).algorithms
+    assert algo.activation_ports == {"/matmul/0": 1, "fc/linear/0": 0}  # none on the embedding's indices
+    seen: dict[int, torch.Tensor] = {}
+
+    class Record(torch.nn.Module):
+        def __init__(self, port: int) -> None:
+            super().__init__()
+            self.port = port
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen[self.port] = t.detach()
+            return t
+
+    for port in (0, 1):  # after the quantizers: what the matmul computes with
+        register_pre_function_hook(model, op_name="/matmul/0", port_id=port, hook=Record(port))
+    model(*inputs)
+    assert seen[0].unique().numel() == 32  # the weight on its own 8-bit grid, not on the 4-bit activation's
+    assert seen[1].unique().numel() <= 16  # the activation x is quantized
 
 
 def test_lsq_gradient_scale_survives_a_deepcopy_of_the_model_and_is_applied_once() -> None:

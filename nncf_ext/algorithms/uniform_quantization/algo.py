@@ -69,6 +69,7 @@ class UniformQuantization(CompressionAlgorithm):
         super().__init__(config, path)
         self.weight_quantizers: dict[str, BaseQuantizer] = {}
         self.activation_quantizers: dict[str, BaseQuantizer] = {}
+        self.activation_ports: dict[str, int] = {}  # op -> the input port its activation quantizer is on
         self.initialized = False
 
     @classmethod
@@ -146,15 +147,23 @@ class UniformQuantization(CompressionAlgorithm):
         if act is None:
             return
         device = get_weight(model, weights[0].name).device
-        # inputs of weighted operations only: a parameter used elementwise (NetVLAD centroids) brings none
-        ops = list(dict.fromkeys(op for w in weights if w.weighted for op in w.op_names))
-        sizes = collect_input_sizes(model, ops, example_input) if self.config.lsq_gradient_scale else {}
-        for op in ops:
+        # the float activation input of weighted operations only (not the weight's port, not an embedding's
+        # indices); a parameter used elementwise (NetVLAD centroids) brings none
+        self.activation_ports = {
+            op: port
+            for w in weights
+            if w.weighted
+            for op, port in zip(w.op_names, w.activation_ports, strict=True)
+            if port is not None
+        }
+        ports = self.activation_ports
+        sizes = collect_input_sizes(model, ports, example_input) if self.config.lsq_gradient_scale else {}
+        for op, port in ports.items():
             quantizer = make_quantizer(act.bits, act.mode, (1,), signed=None, is_weights=False).to(device)
             self._disable(quantizer)
             if op in sizes:
                 scale_range_gradients(quantizer, sizes[op])
-            register_pre_function_hook(model, op_name=op, port_id=0, hook=quantizer)
+            register_pre_function_hook(model, op_name=op, port_id=port, hook=quantizer)
             self.activation_quantizers[op] = quantizer
 
     def _disable(self, quantizer: BaseQuantizer) -> None:
@@ -172,7 +181,7 @@ class UniformQuantization(CompressionAlgorithm):
             weight = incoming_weight(self.model, name, get_weight(self.model, name), quantizer)
             init_weight_range(quantizer, weight, self.config.weights.init)
         if self.activation_quantizers:
-            ranges = collect_input_ranges(self.model, list(self.activation_quantizers), self.example_input)
+            ranges = collect_input_ranges(self.model, self.activation_ports, self.example_input)
             for op, quantizer in self.activation_quantizers.items():
                 set_range(quantizer, *ranges[op])
         for quantizer in (*self.weight_quantizers.values(), *self.activation_quantizers.values()):

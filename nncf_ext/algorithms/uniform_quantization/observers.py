@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,11 +29,15 @@ class MinMaxObserver(nn.Module):
 
 
 @torch.no_grad()
-def observe_inputs(model: nn.Module, op_names: list[str], example_input: Any) -> dict[str, MinMaxObserver]:
-    """Observers of each op's input (port 0) after one forward pass; they are removed afterwards."""
-    observers = {op: MinMaxObserver() for op in op_names}
+def observe_inputs(
+    model: nn.Module, ports: Mapping[str, int], example_input: Any
+) -> dict[str, MinMaxObserver]:
+    """Observers of each op's input at its port (``{op: port}``) after one forward pass; they are removed
+    afterwards."""
+    observers = {op: MinMaxObserver() for op in ports}
     handles = [
-        register_pre_function_hook(model, op_name=op, port_id=0, hook=obs) for op, obs in observers.items()
+        register_pre_function_hook(model, op_name=op, port_id=ports[op], hook=obs)
+        for op, obs in observers.items()
     ]
     try:
         with frozen_state(model):
@@ -44,12 +49,12 @@ def observe_inputs(model: nn.Module, op_names: list[str], example_input: Any) ->
 
 
 def collect_input_ranges(
-    model: nn.Module, op_names: list[str], example_input: Any
+    model: nn.Module, ports: Mapping[str, int], example_input: Any
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{op: (min, max)}`` of each op's input over the example input."""
-    return {op: (obs.low, obs.high) for op, obs in observe_inputs(model, op_names, example_input).items()}
+    """``{op: (min, max)}`` of each op's input (at ``ports[op]``) over the example input."""
+    return {op: (obs.low, obs.high) for op, obs in observe_inputs(model, ports, example_input).items()}
 
 
-def collect_input_sizes(model: nn.Module, op_names: list[str], example_input: Any) -> dict[str, int]:
-    """``{op: elements of one sample of its input}``."""
-    return {op: obs.per_sample for op, obs in observe_inputs(model, op_names, example_input).items()}
+def collect_input_sizes(model: nn.Module, ports: Mapping[str, int], example_input: Any) -> dict[str, int]:
+    """``{op: elements of one sample of its input}`` (at ``ports[op]``)."""
+    return {op: obs.per_sample for op, obs in observe_inputs(model, ports, example_input).items()}
