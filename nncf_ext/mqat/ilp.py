@@ -57,6 +57,12 @@ def _tie_groups(modules: list[str], ties: Sequence[Sequence[str]]) -> list[list[
     return list(groups.values())
 
 
+def _reduced(cost: np.ndarray, size: np.ndarray, lam: float) -> np.ndarray:
+    """``cost + lam * size``, +inf at padded choices (where ``0 * inf`` would give NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(cost), cost + lam * size, np.inf)
+
+
 def _lagrangian(cost: np.ndarray, size: np.ndarray, budget: float) -> tuple[float, float]:
     """``(lam, L)`` maximising ``L(lam) = sum_g min_j (cost + lam * size) - lam * budget`` over ``lam >= 0``.
 
@@ -68,7 +74,7 @@ def _lagrangian(cost: np.ndarray, size: np.ndarray, budget: float) -> tuple[floa
     lams = np.unique(np.r_[0.0, slopes[np.isfinite(slopes) & (slopes > 0)]])
 
     def excess(lam: float) -> float:  # size of the smallest minimiser minus the budget
-        reduced = cost + lam * size
+        reduced = _reduced(cost, size, lam)
         low = reduced.min(1, keepdims=True)
         tied = reduced <= low + 1e-12 * np.abs(low)
         return float(np.where(tied, size, np.inf).min(1).sum() - budget)
@@ -80,16 +86,29 @@ def _lagrangian(cost: np.ndarray, size: np.ndarray, budget: float) -> tuple[floa
             lo, hi = (mid, hi) if excess(lams[mid]) > 0 else (lo, mid)
         lo = hi
     lam = float(lams[lo])
-    return lam, float((cost + lam * size).min(1).sum() - lam * budget)
+    return lam, float(_reduced(cost, size, lam).min(1).sum() - lam * budget)
 
 
-def _greedy(cost: np.ndarray, size: np.ndarray, budget: float, pick: np.ndarray) -> np.ndarray:
-    """Improve a feasible ``pick`` by repeatedly taking the upgrade that lowers the cost most and fits."""
+def _greedy(
+    cost: np.ndarray,
+    size: np.ndarray,
+    budget: float,
+    pick: np.ndarray,
+    extras: np.ndarray | None = None,
+    limits: Sequence[float] = (),
+) -> np.ndarray:
+    """Improve a feasible ``pick`` by repeatedly taking the change of one group's choice that lowers the cost
+    most and fits the size budget (and the ``extras`` budgets, ``limits``)."""
     rows = np.arange(len(cost))
+    pick = pick.copy()
     while True:
         room = budget - size[rows, pick].sum()
         gain = cost[rows, pick][:, None] - cost
-        gain[(gain <= 0) | (size - size[rows, pick][:, None] > room)] = -np.inf
+        misfit = size - size[rows, pick][:, None] > room
+        for e, limit in enumerate(limits):
+            assert extras is not None
+            misfit |= extras[e] - extras[e][rows, pick][:, None] > limit - extras[e][rows, pick].sum()
+        gain[(gain <= 0) | misfit | ~np.isfinite(cost)] = -np.inf
         g, j = np.unravel_index(np.argmax(gain), gain.shape)
         if not np.isfinite(gain[g, j]):
             return pick
@@ -116,7 +135,8 @@ def _solve(
     if cut is not None:
         rows, upper = [*rows, cut[0]], [*upper, cut[1]]
     a = np.vstack(rows)
-    norm = np.maximum(np.abs(a).max(1), 1e-300)  # HiGHS warns about (and slows on) badly scaled rows
+    norm = np.abs(a).max(1)  # HiGHS warns about (and slows on) badly scaled rows
+    norm[norm == 0] = 1.0  # an all-zero row (the cut-off when every cost is equal)
     return milp(
         objective,
         constraints=LinearConstraint(a / norm[:, None], -np.inf, np.array(upper) / norm),
@@ -177,7 +197,7 @@ def allocate_bits(
     # reduced-cost fixing with a greedy incumbent (used only if it also meets the extra budgets)
     rows = np.arange(len(groups))
     lam, bound = _lagrangian(cost, size, budget_bits)
-    reduced = cost + lam * size
+    reduced = _reduced(cost, size, lam)
     reduced_min = reduced.min(1, keepdims=True)
     tied = reduced <= reduced_min + 1e-12 * np.abs(reduced_min)
     pick = _greedy(cost, size, budget_bits, np.where(tied, size, np.inf).argmin(1))
@@ -229,4 +249,9 @@ def allocate_bits(
             choice[g_of[taken]] = nxt[taken]
     if any(extras[e][rows, choice].sum() > budget.limit for e, budget in enumerate(extra)):
         raise _infeasible(budget_bits, smallest, extra)  # every group was down to one choice
+    # HiGHS stops within its tolerances, which differences as small as MQAT's tie-breaks lie below: a
+    # change of one group that still lowers the exact cost is taken, and the incumbent wins if it is better
+    choice = _greedy(cost, size, budget_bits, choice, extras, [b.limit for b in extra])
+    if incumbent is not None and incumbent < float(cost[rows, choice].sum()):
+        choice = pick
     return {m: candidates[g][int(choice[g])] for g, group in enumerate(groups) for m in group}

@@ -75,6 +75,32 @@ def test_near_tied_costs_from_allocation_costs_are_never_called_infeasible(seed:
         assert sum(sens[m][got[m]] for m in modules) == pytest.approx(best, rel=1e-6)
 
 
+def test_tie_breaks_below_the_solver_tolerance_still_spend_the_budget() -> None:
+    # seed 36: m2's measured costs are all noise, so its costs differ only by the 1e-9 tie-breaks; HiGHS
+    # stopped at m2: 3 bits, within its tolerances, leaving budget for 4 bits unused
+    from nncf_ext.mqat.algo import allocation_costs
+
+    bits = [2, 3, 4, 5, 6, 8]
+    rng = np.random.default_rng(36)
+    modules = [f"m{i}" for i in range(int(rng.integers(2, 5)))]
+    sens = {m: allocation_costs({b: float(rng.normal(0.01, 0.02)) for b in bits}) for m in modules}
+    sizes = {m: int(10 ** rng.uniform(2, 6)) for m in modules}
+    budget = sum(sizes.values()) * rng.uniform(2.2, 7.5)
+    combos = (dict(zip(modules, c, strict=True)) for c in itertools.product(bits, repeat=len(modules)))
+    feasible = [c for c in combos if sum(sizes[m] * b for m, b in c.items()) <= budget]
+    best = min(feasible, key=lambda c: sum(sens[m][b] for m, b in c.items()))
+    assert allocate_bits(sens, sizes, budget) == best == {"m0": 3, "m1": 2, "m2": 4}
+
+
+def test_modules_with_different_candidates() -> None:
+    # padded choices are +inf; 0 * inf at a zero Lagrange multiplier made every choice of a module NaN
+    assert allocate_bits({"a": {2: 0.0, 4: 0.0}, "b": {8: 0.0}}, {"a": 10, "b": 10}, 200)["b"] == 8
+    sens = {"a": {2: 1.0, 4: 0.5}, "b": {3: 2.0, 5: 1.0, 8: 0.0}, "c": {8: 0.0}}
+    sizes = {"a": 100, "b": 100, "c": 10}
+    assert allocate_bits(sens, sizes, 100 * 4 + 100 * 5 + 80) == {"a": 4, "b": 5, "c": 8}
+    assert allocate_bits(sens, sizes, 100 * 2 + 100 * 8 + 80) == {"a": 2, "b": 8, "c": 8}
+
+
 def test_infeasible_budget_states_the_smallest_size() -> None:
     sens = {"a": {2: 1.0, 8: 0.0}, "b": {2: 1.0, 8: 0.0}}
     sizes = {"a": 8 * 2**20, "b": 8 * 2**20}  # 2 modules x 8 Mi weights: at 2 bits, 4 MB
