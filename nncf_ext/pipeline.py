@@ -113,6 +113,8 @@ class CompressionPipeline:
             except (KeyError, TypeError, ValueError) as e:
                 for done, state_before in zip(self.algorithms[: i + 1], previous, strict=False):
                     done.load_state_dict(state_before)  # all or nothing
+                if isinstance(e, CheckpointError):  # the algorithm's own message says what is wrong
+                    raise
                 raise CheckpointError(
                     f"malformed compression state of {algorithm.path}: missing or invalid {e}"
                 ) from None

@@ -19,6 +19,7 @@ baseline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -375,9 +376,18 @@ class MQAT(CompressionAlgorithm):
 
     def state_dict(self) -> dict[str, Any]:
         stages = {m: s.state_dict() for m, s in self.stages.items()}
-        return {**super().state_dict(), "steps": self.steps, "stages": stages}
+        allocation = {"bits": dict(self.bits), "order": list(self.order)}
+        return {**super().state_dict(), "steps": self.steps, "stages": stages, **allocation}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # the config names the sensitivity table's path only: a table measured again there since the
+        # checkpoint gives other bits or another order, which the checkpoint's quantizers do not have
+        for key, mine in (("bits", dict(self.bits)), ("order", list(self.order))):
+            if key in state and state[key] != mine:
+                raise CheckpointError(
+                    f"{self.path}: the checkpoint's MQAT {key} {state[key]} differ from this run's {mine} "
+                    "(was the sensitivity table measured again?)"
+                )
         super().load_state_dict(state)
         self.steps = int(state.get("steps", 0))
         for module, stage in self.stages.items():
@@ -391,15 +401,19 @@ def allocation_costs(measured: dict[int, float]) -> dict[int, float]:
 
     A measured drop below zero is evaluation noise, and more bits never cost more than fewer (the cost at
     ``b`` is at most the cost at any smaller width); among equal costs the ILP then takes the wider format
-    (a tie-break far below any measured difference), so spare budget is spent, not left unused.
+    (a tie-break far below any measured difference), so spare budget is spent, not left unused. A width
+    whose evaluation failed (NaN or infinite, e.g. a loss that overflowed at 2 bits) costs +inf: the ILP
+    never takes it.
     """
     bits = sorted(measured)
     costs: dict[int, float] = {}
-    running = float("inf")
+    running = math.inf
     for b in bits:
-        running = min(running, max(measured[b], 0.0))
+        value = measured[b] if not math.isnan(measured[b]) else math.inf
+        running = min(running, max(value, 0.0))
         costs[b] = running
-    scale = 1e-6 * max(max(costs.values()), 1e-3)  # above the MILP solver's tolerances, below any real gap
+    finite = [c for c in costs.values() if math.isfinite(c)]
+    scale = 1e-6 * max(max(finite, default=0.0), 1e-3)  # below any real gap; ties are settled after HiGHS
     return {b: c + scale * (bits[-1] - b) for b, c in costs.items()}
 
 

@@ -156,7 +156,7 @@ def allocate_bits(
 ) -> dict[str, int]:
     """Minimise ``sum sensitivity[m][b]`` subject to ``sum sizes[m] * b <= budget_bits``.
 
-    :param sensitivity: per module, the cost of each candidate bit-width.
+    :param sensitivity: per module, the cost of each candidate bit-width (+inf: never to be taken).
     :param sizes: number of weights of each module.
     :param ties: groups of modules that must take the same bit-width.
     :param extra: further budgets, linear in the one-hot choice of each module.
@@ -189,7 +189,13 @@ def allocate_bits(
             size[g, j] = sum(sizes[m] * b for m in group)
             for e, budget in enumerate(extra):
                 extras[e, g, j] = sum(float(budget.cost[m][b]) for m in group)
-    valid = np.isfinite(cost)
+    if np.isnan(cost).any():
+        g, j = np.argwhere(np.isnan(cost))[0]
+        raise ConfigError("sensitivity", f"module '{groups[g][0]}' has a NaN cost at {candidates[g][j]} bits")
+    valid = np.isfinite(cost)  # +inf: a width never to take (and the padding of shorter candidate lists)
+    for g in np.flatnonzero(~valid.any(1)):
+        raise ConfigError("sensitivity", f"module '{groups[g][0]}' has no bit-width of finite cost")
+    size[~valid] = np.inf
     smallest = float(size.min(1).sum())
     if smallest > budget_bits:
         raise _infeasible(budget_bits, smallest, extra)

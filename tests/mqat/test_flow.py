@@ -11,6 +11,7 @@ from nncf.torch.quantization.layers import BaseQuantizer
 import nncf_ext
 from nncf_ext.errors import ConfigError
 from nncf_ext.hooks import hooks_of_type
+from nncf_ext.mqat import allocate_bits
 from nncf_ext.mqat.algo import MQAT, allocation_costs, module_bits
 from nncf_ext.mqat.sensitivity import SensitivityTable
 from tests.mqat.models import ModularNet
@@ -210,6 +211,41 @@ def test_a_table_measured_in_another_weight_format_is_refused(tmp_path: Path) ->
     weights = {"mode": "asymmetric"}
     pipeline = nncf_ext.create_compression(ModularNet(), mqat(allocation=allocation, weights=weights), X)
     assert set(module_bits(pipeline.algorithms[0])) == set(MODULES)  # type: ignore[arg-type]
+
+
+def test_resuming_after_the_table_changed_is_refused(tmp_path: Path) -> None:
+    from nncf_ext.errors import CheckpointError
+
+    path = tmp_path / "s.json"
+    costs = {"backbone": {2: 5.0, 4: 1.0, 8: 0.0}, "head": {2: 3.0, 4: 0.5, 8: 0.0}}
+    SensitivityTable("metric", 1.0, {**costs, "fpn": {2: 0.01, 4: 0.0, 8: 0.0}}).save(path)
+    config = mqat(
+        allocation={"sensitivity": str(path), "target_compression": 6.5, "candidate_bits": [2, 4, 8]}
+    )
+    model = ModularNet()
+    pipeline = nncf_ext.create_compression(model, config, X)
+    pipeline.epoch_step(1)
+    state = pipeline.state_dict()
+    SensitivityTable("metric", 1.0, {**costs, "fpn": {2: 5.0, 4: 1.0, 8: 0.0}}).save(path)  # measured again
+    resumed = nncf_ext.create_compression(ModularNet(), config, X)
+    assert module_bits(resumed.algorithms[0]) != module_bits(pipeline.algorithms[0])  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=r"MQAT bits .* differ"):
+        resumed.load_state_dict(state)
+    SensitivityTable("metric", 1.0, {**costs, "fpn": {2: 0.01, 4: 0.0, 8: 0.0}}).save(path)
+    same = nncf_ext.create_compression(ModularNet(), config, X)
+    same.load_state_dict(state)  # the same allocation resumes
+    assert same.epoch == 1
+
+
+def test_a_width_whose_evaluation_failed_is_never_taken() -> None:
+    costs = allocation_costs({2: float("nan"), 4: 0.3, 8: 0.0})
+    assert costs[2] == float("inf") and costs[4] == pytest.approx(0.3, abs=1e-5)
+    other = allocation_costs({2: 0.5, 4: 0.1, 8: 0.0})
+    assert allocate_bits({"a": costs, "b": other}, {"a": 100, "b": 100}, 100 * 12) == {"a": 8, "b": 4}
+    with pytest.raises(ConfigError, match="'a' has no bit-width of finite cost"):
+        allocate_bits({"a": {2: float("inf")}, "b": other}, {"a": 100, "b": 100}, 100 * 12)
+    with pytest.raises(ConfigError, match="'a' has a NaN cost at 2 bits"):
+        allocate_bits({"a": {2: float("nan"), 8: 0.0}, "b": other}, {"a": 100, "b": 100}, 100 * 12)
 
 
 def test_allocation_costs_remove_noise_and_prefer_wider_formats() -> None:
