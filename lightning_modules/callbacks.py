@@ -8,7 +8,8 @@
 
 The pipeline is created in ``setup`` (before the strategy wraps the model and before the optimizers are
 configured, so hook parameters such as codebooks are trained), schedules advance at each epoch start,
-regularisers are applied by gradient injection after ``backward``, and statistics are logged every epoch.
+regularisers are applied by gradient injection before each optimizer step, and statistics are logged every
+epoch.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class NNCFCompressionCallback(pl.Callback):
         self.pipeline: nncf_ext.CompressionPipeline | None = None
         self._pending_state: dict[str, Any] | None = None
         self._stepped_at = 0  # trainer.global_step (optimizer steps) at the last pipeline.step()
+        self._stage = "fit"  # the stage of the Trainer's current run (setup)
 
     # -- model -------------------------------------------------------------------------------------------
     def target(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -91,7 +93,20 @@ class NNCFCompressionCallback(pl.Callback):
         return example
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        start_method = getattr(trainer.strategy, "_start_method", "popen")
+        if isinstance(trainer.strategy, DDPStrategy) and start_method != "popen":
+            # the pipeline would live in the worker processes only; Lightning copies their weights back
+            # into the uncompressed module and drops the hooks' parameters
+            raise ModelError(
+                f"nncf-ext compression does not support DDP started by '{start_method}' "
+                "(ddp_spawn, ddp_fork, ddp_notebook): use strategy='ddp'"
+            )
+        self._stage = stage
         if stage != "fit":
+            # validate / test / predict a compressed checkpoint in a fresh process: the pipeline is made
+            # when the checkpoint is loaded (see _check_before_weights_load)
+            if self.pipeline is None:
+                self._check_before_weights_load(pl_module)
             return
         if self.pipeline is not None:  # a second fit: only of the model this callback compresses
             if self.pipeline.model is not self.target(pl_module):
@@ -114,26 +129,34 @@ class NNCFCompressionCallback(pl.Callback):
             self._load_pipeline_state(self._pending_state)
             self._pending_state = None
 
+    def _load_pending_state(self) -> None:
+        if self._pending_state is not None and self.pipeline is not None:
+            self._load_pipeline_state(self._pending_state)
+            self._pending_state = None
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stage == "validate":
+            self._load_pending_state()
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._load_pending_state()
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._load_pending_state()
+
     # -- training loop -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.pipeline is not None
         self.pipeline.epoch_step(trainer.current_epoch)
 
-    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # once per optimizer step, on the summed gradients of its micro-batches, and after a mixed-precision
+        # GradScaler has unscaled them (injected earlier, the regulariser would be divided by the scale)
         if self.loss_in_module or self.pipeline is None:
             return
-        # Lightning divides the loss by accumulate_grad_batches; the injected gradient must match
-        scale = 1.0 / max(trainer.accumulate_grad_batches, 1)
-        if scale == 1.0:
-            self.pipeline.inject_gradients()
-            return
-        grads = {id(p): p.grad.clone() if p.grad is not None else None for p in pl_module.parameters()}
         self.pipeline.inject_gradients()
-        for p in pl_module.parameters():
-            before = grads[id(p)]
-            if p.grad is not None:
-                added = p.grad - (before if before is not None else 0)
-                p.grad = (before if before is not None else torch.zeros_like(p.grad)) + added * scale
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stepped_at = trainer.global_step  # a resumed run continues from its checkpoint's count
@@ -190,7 +213,9 @@ class NNCFCompressionCallback(pl.Callback):
         """Refuse a checkpoint written with another config before Lightning loads its weights.
 
         Lightning restores the model before any callback state, so the check rides on the module's
-        ``on_load_checkpoint``, which runs on the loaded checkpoint just before its weights are applied.
+        ``on_load_checkpoint``, which runs on the loaded checkpoint just before its weights are applied. When
+        a checkpoint is validated, tested or predicted with in a fresh process, the pipeline is created there
+        (its hooks own parameters the checkpoint holds) and takes the checkpoint's state at the loop's start.
         """
         original = pl_module.on_load_checkpoint
         if getattr(original, "_nncf_ext_checked", False):
@@ -200,6 +225,12 @@ class NNCFCompressionCallback(pl.Callback):
             state = checkpoint.get("callbacks", {}).get(self.state_key)
             if state:
                 self._check_config(state)
+                if self.pipeline is None:  # evaluating a compressed checkpoint: its weights need the hooks
+                    self.pipeline = nncf_ext.create_compression(
+                        self.target(pl_module), self.config, self._example_input(pl_module)
+                    )
+                if self._stage != "fit":  # Lightning restores callback states only when fitting
+                    self._pending_state = state
             original(checkpoint)
 
         on_load_checkpoint._nncf_ext_checked = True  # type: ignore[attr-defined]

@@ -71,8 +71,12 @@ def test_each_algorithm_runs_in_fit(tmp_path: Path, entries: list, metric: str, 
         assert all(layer.bits == 4 for layer in stats.layers)
 
 
-def test_injection_matches_loss_term(tmp_path: Path) -> None:
-    """The callback's gradient injection equals adding pipeline.loss() in the module."""
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_injection_matches_loss_term(tmp_path: Path, precision: str) -> None:
+    """The callback's gradient injection equals adding pipeline.loss() in the module, under gradient
+    accumulation and under fp16 mixed precision, whose GradScaler scales the loss gradients (injected
+    after backward, the L1 term was divided by its scale, 65536)."""
+    from pytorch_lightning.plugins.precision import MixedPrecision
 
     class LossInModule(ToyModule):
         callback: NNCFCompressionCallback
@@ -89,7 +93,10 @@ def test_injection_matches_loss_term(tmp_path: Path) -> None:
         module = LossInModule() if in_module else ToyModule()
         callback = NNCFCompressionCallback(config, loss_in_module=in_module)
         module.callback = callback
-        trainer(tmp_path / str(in_module), 1, [callback], accumulate_grad_batches=2).fit(
+        # what Trainer(accelerator="gpu", precision="16-mixed") builds on CUDA, here on the CPU
+        amp = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+        kwargs = amp if precision == "16-mixed" else {}
+        trainer(tmp_path / str(in_module), 1, [callback], accumulate_grad_batches=2, **kwargs).fit(
             module, SeededToyData()
         )
         results.append(snapshot(module.model))
@@ -154,3 +161,32 @@ def test_missing_model_attribute_is_a_clear_error(tmp_path: Path) -> None:
     callback = NNCFCompressionCallback({"compression": [PRUNE]}, model_attr="backbone")
     with pytest.raises(ModelError, match="no module attribute 'backbone'"):
         trainer(tmp_path, 1, [callback]).fit(ToyModule(), SeededToyData())
+
+
+def test_a_compressed_checkpoint_validates_in_a_fresh_trainer(tmp_path: Path) -> None:
+    """trainer.validate(ckpt_path=...) with the callback and an uncompressed module: the checkpoint's hook
+    parameters (codebooks, indices, masks) load, and the pipeline takes the checkpoint's state."""
+    from lightning_modules.toy.module import ToyDataModule
+
+    config = {"compression": [PRUNE, KMEANS]}  # clustering from epoch 1
+    data = ToyDataModule(train_size=128, val_size=128, batch_size=32)
+    pl.seed_everything(0)
+    module = ToyModule()
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fitted = trainer(tmp_path / "fit", 2, [NNCFCompressionCallback(config), checkpoint])
+    fitted.fit(module, data)
+    (expected,) = fitted.validate(module, data, verbose=False)
+    callback = NNCFCompressionCallback(config)
+    fresh = trainer(tmp_path / "validate", 1, [callback])
+    (got,) = fresh.validate(ToyModule(), data, ckpt_path=str(tmp_path / "last.ckpt"), verbose=False)
+    assert got == pytest.approx(expected)
+    assert callback.pipeline is not None and callback.pipeline.epoch == 1
+    assert hooks_of_type(callback.pipeline.model, KMeansQuantizer)
+
+
+def test_ddp_by_spawn_is_refused(tmp_path: Path) -> None:
+    """The pipeline would live in the spawned workers only and the returned model be uncompressed."""
+    callback = NNCFCompressionCallback({"compression": [PRUNE]})
+    t = trainer(tmp_path, 1, [callback], strategy="ddp_spawn")
+    with pytest.raises(ModelError, match="strategy='ddp'"):
+        callback.setup(t, ToyModule(), "fit")
