@@ -59,6 +59,16 @@ class PoseModule(pl.LightningModule):
         self.register_buffer("keypoints_3d", torch.from_numpy(kp))
         self.val_metric = PoseAccuracy(thresholds)
 
+    def setup(self, stage: str) -> None:
+        # "*-true" half precision casts every float of the batch (K, R, t, model points, keypoint targets)
+        # and the keypoint buffer: the geometry would be scored against rounded ground truth
+        precision = str(self.trainer.precision)
+        if precision in ("16-true", "bf16-true"):
+            raise ValueError(
+                f"PoseModule needs float32 / float64 geometry: precision {precision!r} casts the poses, "
+                "cameras and keypoints of every batch; use '32-true', 'bf16-mixed' or '16-mixed'"
+            )
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # channels-last runs the CPU (oneDNN) convolutions about 3x faster than NCHW
         return self.model(images.contiguous(memory_format=torch.channels_last))

@@ -87,6 +87,17 @@ def test_rejects_malformed_keypoints() -> None:
         PoseModule([[[0.0, 0.0, 0.0]] * 8])
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
+def test_half_precision_true_is_refused(root: Path, precision: str) -> None:
+    """"*-true" casts every float of the batch: poses, cameras and model points would be rounded (a
+    translation of 431.0 mm became 432.0), and the keypoint buffer's .numpy() raised."""
+    module = PoseModule(BopTrainDataset(root, "train").keypoints_3d().tolist(), widths=(8, 16, 16, 32, 32))
+    loader = DataLoader(BopEvalDataset(root, "test"), batch_size=2, collate_fn=BopEvalDataset.collate)
+    trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=f"precision '{precision}'"):
+        trainer.validate(module, loader, verbose=False)
+
+
 def test_loss_under_bf16_autocast_is_fp32_and_close(root: Path) -> None:
     """``TrainConfig.precision`` defaults to bf16-mixed on CPUs with native bf16: the loss stays fp32."""
     torch.manual_seed(0)
