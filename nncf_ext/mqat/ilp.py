@@ -190,11 +190,15 @@ def allocate_bits(
             for e, budget in enumerate(extra):
                 extras[e, g, j] = sum(float(budget.cost[m][b]) for m in group)
     if np.isnan(cost).any():
-        g, j = np.argwhere(np.isnan(cost))[0]
-        raise ConfigError("sensitivity", f"module '{groups[g][0]}' has a NaN cost at {candidates[g][j]} bits")
+        nan_group, nan_choice = (int(i) for i in np.argwhere(np.isnan(cost))[0])
+        raise ConfigError(
+            "sensitivity",
+            f"module '{groups[nan_group][0]}' has a NaN cost at {candidates[nan_group][nan_choice]} bits",
+        )
     valid = np.isfinite(cost)  # +inf: a width never to take (and the padding of shorter candidate lists)
-    for g in np.flatnonzero(~valid.any(1)):
-        raise ConfigError("sensitivity", f"module '{groups[g][0]}' has no bit-width of finite cost")
+    if not valid.any(1).all():
+        empty = int(np.flatnonzero(~valid.any(1))[0])
+        raise ConfigError("sensitivity", f"module '{groups[empty][0]}' has no bit-width of finite cost")
     size[~valid] = np.inf
     smallest = float(size.min(1).sum())
     if smallest > budget_bits:
