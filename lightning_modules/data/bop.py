@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -262,44 +263,49 @@ class BopTrainDataset(_BopDataset):
         for ann in self.annotations:
             images.setdefault((ann.scene_dir, ann.im_id), []).append(ann)
         self.images = list(images.items())
-        self._cache: dict[int, tuple[np.ndarray, ...]] | None = {} if cache else None
+        self._cache: dict[int, tuple[Any, ...]] | None = {} if cache else None
         self.augment = augment
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _load(self, index: int) -> tuple[np.ndarray, ...]:
-        """Image (H, W, 3) uint8, then keypoints (n, 9, 2), labels (n,), masks (n, H, W) of n instances."""
+    def _load(self, index: int) -> tuple[Any, ...]:
+        """Image (H, W, 3) uint8, then keypoints (n, 9, 2), labels (n,), masks (n, H, W) of n instances, and
+        the (annotation, camera) of each instance."""
         (scene_dir, im_id), anns = self.images[index]
         anns = anns[: self.max_instances]
         rgb, src = self._image(scene_dir, im_id)
         hw = (rgb.shape[0], rgb.shape[1])
-        keypoints = np.stack(
-            [
-                keypoints_2d(
-                    self.models[a.obj_id].keypoints,
-                    self._camera(a.K, src),
-                    a.R,
-                    a.t,
-                    self.models[a.obj_id].symmetries,
-                )
-                for a in anns
-            ]
-        ).astype(np.float32)
+        views = [(a, self._camera(a.K, src)) for a in anns]
+        keypoints = self._keypoints(views)
         labels = np.array([self.label_of[a.obj_id] for a in anns], dtype=np.int64)
         masks = np.stack([self._mask(scene_dir, im_id, a.gt_idx, hw) for a in anns])
-        return rgb, keypoints, labels, masks
+        return rgb, keypoints, labels, masks, views
+
+    def _keypoints(
+        self, views: list[tuple[Annotation, np.ndarray]], roll: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Keypoints (n, 9, 2) of the instances (symmetric ones: canonical for the camera rolled by roll)."""
+        models = self.models
+        return np.stack(
+            [
+                keypoints_2d(models[a.obj_id].keypoints, K, a.R, a.t, models[a.obj_id].symmetries, roll)
+                for a, K in views
+            ]
+        ).astype(np.float32)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._cache is None:
-            rgb, kp, lab, msk = self._load(index)
+            rgb, kp, lab, msk, views = self._load(index)
         else:
             if index not in self._cache:
                 self._cache[index] = self._load(index)
-            rgb, kp, lab, msk = self._cache[index]
+            rgb, kp, lab, msk, views = self._cache[index]
         if self.augment is not None:  # random stream from torch's generator, so seed_everything fixes it
             rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-            rgb, kp, msk = self.augment(rgb, kp, msk, rng)
+            symmetric = any(self.models[a.obj_id].symmetric for a, _ in views)
+            rolled = partial(self._keypoints, views) if symmetric else kp
+            rgb, kp, msk = self.augment(rgb, rolled, msk, rng)
         m, n = self.max_instances, len(lab)
         keypoints = np.zeros((m, 9, 2), dtype=np.float32)
         labels = np.full((m,), -1, dtype=np.int64)

@@ -7,6 +7,7 @@ similarity, so warped images with warped keypoints are valid training pairs for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -23,14 +24,27 @@ class PoseAugment:
     colour: float = 0.2
 
     def __call__(
-        self, rgb: np.ndarray, keypoints: np.ndarray, masks: np.ndarray, rng: np.random.Generator
+        self,
+        rgb: np.ndarray,
+        keypoints: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        masks: np.ndarray,
+        rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Augmented copies of rgb (H, W, 3) uint8, keypoints (n, 9, 2) px and masks (n, H, W) bool."""
+        """Augmented copies of rgb (H, W, 3) uint8, keypoints (n, 9, 2) px and masks (n, H, W) bool.
+
+        ``keypoints`` may be a function of the warp's in-plane rotation as a camera roll (3 x 3, about the
+        optical axis) giving the keypoints in the source image: symmetric objects choose their canonical
+        keypoints for the rolled camera (``keypoints.canonical_pose``).
+        """
         h, w = rgb.shape[:2]
         angle = rng.uniform(-self.max_rotation, self.max_rotation)
         scale = rng.uniform(*self.scale_range)
         M = np.asarray(cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale), dtype=np.float64)
         M[:, 2] += rng.uniform(-self.max_shift, self.max_shift, 2) * np.array([w, h], dtype=np.float64)
+        if callable(keypoints):
+            roll = np.eye(3)
+            roll[:2, :2] = M[:, :2] / scale  # image x right, y down: the camera's x and y axes
+            keypoints = keypoints(roll)
         fill = tuple(float(c) for c in rgb.reshape(-1, 3).mean(0))
         out = cv2.warpAffine(rgb, M, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
         if len(masks):

@@ -133,16 +133,26 @@ def _canonical_continuous(
     return R_new, t_new
 
 
-def canonical_pose(R: np.ndarray, t: np.ndarray, symmetries: Symmetries) -> tuple[np.ndarray, np.ndarray]:
+def canonical_pose(
+    R: np.ndarray, t: np.ndarray, symmetries: Symmetries, roll: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The symmetry-equivalent pose that is a function of the object's appearance alone.
 
     Keypoints of a symmetric object are ambiguous; training on this canonical pose makes their targets
     learnable. Continuous symmetries: the rotation about the axis that turns a fixed object direction
     towards the camera. Discrete symmetries: among the (canonicalised) equivalent poses, the one whose
     rotation is closest to the identity (largest trace).
+
+    ``roll`` (3 x 3, about the optical axis) makes the choice for the camera rolled by it, the camera of an
+    image rotated in-plane by augmentation, and returns that pose in the unrolled camera: the largest-trace
+    rule is not invariant to a roll, so an augmented image would otherwise get the other symmetric
+    keypoint assignment than a real image of the same view.
     """
     R = np.asarray(R, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64).reshape(3)
+    if roll is not None:
+        R_r, t_r = canonical_pose(roll @ R, roll @ t, symmetries)
+        return roll.T @ R_r, roll.T @ t_r
     candidates = [(R, t)]
     for sym in symmetries.discrete:
         candidates.append((R @ sym[:3, :3], R @ sym[:3, 3] + t))
@@ -161,10 +171,12 @@ def keypoints_2d(
     R: np.ndarray,
     t: np.ndarray,
     symmetries: Symmetries | None = None,
+    roll: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Projected keypoints (9, 2) of an object, in the canonical pose when it has symmetries."""
+    """Projected keypoints (9, 2) of an object, in the canonical pose when it has symmetries (chosen for the
+    camera rolled by ``roll``, see :func:`canonical_pose`)."""
     if symmetries is not None and symmetries.symmetric:
-        R, t = canonical_pose(R, t, symmetries)
+        R, t = canonical_pose(R, t, symmetries, roll)
     return project(keypoints_3d, K, R, np.asarray(t).reshape(3))
 
 
