@@ -203,9 +203,10 @@ class RevisitedEvalSet(Dataset):
 class TrainingTuples(Dataset):
     """(anchor, positive, negatives) image tuples over a training dataset's pool (database + query crops).
 
-    Groups come from the ground truth: query ``q``'s group is its crop plus its easy and hard images; an
-    anchor is any pool image in a group. Its positives are the other members of its groups; images in those
-    groups or their junk are never negatives. ``tuples`` (``(n, 2 + num_negatives)`` pool indices) start
+    Groups come from the ground truth: query ``q``'s group is its crop plus its easy and hard images, and the
+    crops of the queries that share one of them (the same landmark); an anchor is any pool image in a
+    group. Its positives are the other members of its groups; images in those groups or their junk are
+    never negatives. ``tuples`` (``(n, 2 + num_negatives)`` pool indices) start
     random and are replaced by hard-negative mining (:meth:`set_tuples`). ``augment`` mirrors whole tuples
     and jitters colours (:func:`augment_tuple`).
     """
@@ -230,6 +231,10 @@ class TrainingTuples(Dataset):
         for i, entry in enumerate(data.gnd):
             members[i, [*positives_of(entry), n + i]] = True
             junk[i, entry["junk"]] = True
+        # queries that share a database positive show the same place (ROxford's five per landmark): each
+        # one's crop belongs to the others' groups, so it is their positive and never their negative
+        shared = members[:, :n].float()
+        members[:, n:] |= (shared @ shared.T) > 0
         in_group = members.float()
         positives = (in_group.T @ in_group) > 0
         positives.fill_diagonal_(False)

@@ -15,6 +15,7 @@ from lightning_modules.data.revisited import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PoolImages,
+    RevisitedData,
     RevisitedEvalSet,
     TrainingTuples,
     load_revisited,
@@ -178,3 +179,21 @@ def test_read_image_crops_the_stored_pixels_whatever_the_exif_orientation(tmp_pa
     crop = read_image(tmp_path / "tagged.jpg", 8, [0, 50, 100, 100])  # the green block, stored coordinates
     assert np.abs(crop.reshape(-1, 3).mean(0) - (0, 255, 0)).max() < 8
     assert read_image(tmp_path / "tagged.jpg", 8).shape == (8, 8, 3)
+
+
+def test_queries_of_the_same_place_are_positives_not_negatives_of_each_other(tmp_path: Path) -> None:
+    """ROxford has five queries per landmark: one query's crop must not be mined as a negative for another."""
+    imlist = [f"db{i}" for i in range(8)]
+    gnd = [
+        {"bbx": [0, 0, 4, 4], "easy": [0, 1], "hard": [], "junk": []},  # place A
+        {"bbx": [0, 0, 4, 4], "easy": [1], "hard": [2], "junk": []},  # place A again
+        {"bbx": [0, 0, 4, 4], "easy": [3, 4], "hard": [], "junk": []},  # place B
+    ]
+    data = RevisitedData(tmp_path, "same", imlist, ["q0", "q1", "q2"], gnd)
+    tuples = TrainingTuples(data, image_size=32, num_negatives=2, seed=0)
+    n = data.num_database
+    row = {int(a): i for i, a in enumerate(tuples.anchors)}
+    q0, q1, q2 = row[n], row[n + 1], row[n + 2]
+    assert tuples.positives[q0, n + 1] and tuples.positives[q1, n] and tuples.forbidden[q0, n + 1]
+    assert tuples.positives[q0, 2]  # q1's hard image shows place A too
+    assert not tuples.positives[q2, n] and not tuples.forbidden[q2, n]  # place B: A's crops stay negatives
