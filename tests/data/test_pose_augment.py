@@ -51,7 +51,9 @@ def test_symmetric_objects_get_the_canonical_keypoints_of_the_rolled_camera() ->
     symmetries = Symmetries((flip,), ())
     kp3 = bbox_keypoints(rng.uniform([-30, -20, -10], [30, 20, 10], (200, 3)))
     size = 128
-    K = np.array([[150.0, 0, (size - 1) / 2], [0, 150.0, (size - 1) / 2], [0, 0, 1]])  # centre = principal point
+    K = np.array(
+        [[150.0, 0, (size - 1) / 2], [0, 150.0, (size - 1) / 2], [0, 0, 1]]
+    )  # centre = principal point
     augment = PoseAugment(max_rotation=30.0, scale_range=(1, 1), max_shift=0, colour=0)
     image, no_masks = np.zeros((size, size, 3), np.uint8), np.zeros((0, size, size), bool)
     before_fix = 0
@@ -61,7 +63,9 @@ def test_symmetric_objects_get_the_canonical_keypoints_of_the_rolled_camera() ->
         seed = int(rng.integers(1 << 30))
         rolls: list[np.ndarray] = []
 
-        def keypoints(roll: np.ndarray, R: np.ndarray = R) -> np.ndarray:
+        def keypoints(
+            roll: np.ndarray, R: np.ndarray = R, t: np.ndarray = t, rolls: list[np.ndarray] = rolls
+        ) -> np.ndarray:
             rolls.append(roll)
             return keypoints_2d(kp3, K, R, t, symmetries, roll)[None].astype(np.float32)
 

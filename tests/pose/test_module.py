@@ -89,7 +89,7 @@ def test_rejects_malformed_keypoints() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
 def test_half_precision_true_is_refused(root: Path, precision: str) -> None:
-    """"*-true" casts every float of the batch: poses, cameras and model points would be rounded (a
+    """Half precision "*-true" casts every float of the batch: poses, cameras and model points would be rounded (a
     translation of 431.0 mm became 432.0), and the keypoint buffer's .numpy() raised."""
     module = PoseModule(BopTrainDataset(root, "train").keypoints_3d().tolist(), widths=(8, 16, 16, 32, 32))
     loader = DataLoader(BopEvalDataset(root, "test"), batch_size=2, collate_fn=BopEvalDataset.collate)
