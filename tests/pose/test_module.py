@@ -89,8 +89,8 @@ def test_rejects_malformed_keypoints() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
 def test_half_precision_true_is_refused(root: Path, precision: str) -> None:
-    """Half precision "*-true" casts every float of the batch: poses, cameras and model points would be rounded (a
-    translation of 431.0 mm became 432.0), and the keypoint buffer's .numpy() raised."""
+    """Half precision "*-true" casts every float of the batch: poses, cameras and model points would be
+    rounded (a translation of 431.0 mm became 432.0), and the keypoint buffer's .numpy() raised."""
     module = PoseModule(BopTrainDataset(root, "train").keypoints_3d().tolist(), widths=(8, 16, 16, 32, 32))
     loader = DataLoader(BopEvalDataset(root, "test"), batch_size=2, collate_fn=BopEvalDataset.collate)
     trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
