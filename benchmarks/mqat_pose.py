@@ -10,19 +10,30 @@ mean, each seed in brackets):
 * uniform LSQ: every weight at 32 / target bits (8 at 4x, 4 at 8x), learnable step sizes (LSQ gradient scale);
 * HAWQ-V3: bits per module by the ILP from Hutchinson Hessian traces x quantization perturbation, all
   modules quantized at once;
-* MQAT: bits per module by the ILP from the measured task-metric drop of quantizing each module alone,
-  modules quantized one per stage (least sensitive first), each stage fine-tuned; the stages before the
-  last take 1 / (2 x modules) of the steps each (``steps_per_stage``), so the fully quantized network
-  trains for the rest (2/3 with three modules).
+* MQAT: bits per module by the ILP from the measured task-metric drop of quantizing each module alone
+  (``--sensitivity loss``: the rise of the mean task loss of 8 fixed training batches instead), modules
+  quantized one per stage (least sensitive first), each stage fine-tuned; the stages before the last take
+  1 / (2 x modules) of the steps each (``steps_per_stage``), so the fully quantized network trains for the
+  rest (2/3 with three modules).
+
+``--modules spec.json`` replaces the task's modules (backbone / fpn / head, or backbone / netvlad / whitening)
+with any module spec of the ``mqat`` config, for example the pose backbone split by stage::
+
+    {"early": {"names": ["backbone.stem", "backbone.stage1", "backbone.stage2"]},
+     "stage3": {"names": ["backbone.stage3"]}, "stage4": {"names": ["backbone.stage4"]},
+     "fpn": {"names": ["fpn"]}, "head": {"names": ["head"]}}
 
 The pose base comes from ``examples/pose.py --checkpoint outputs/pose_base.pt``; the retrieval base is the
-demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json``.
+demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json`` (with
+``_<spec file name>`` and ``_loss`` appended for ``--modules`` and ``--sensitivity loss``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,7 +79,9 @@ class TaskAdapter(Protocol):
         """The task metric on a validation subset (not the test set)."""
         ...
 
-    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]: ...
+    def loss_fn(self, model: nn.Module, batches: int = 1) -> Callable[[], torch.Tensor]:
+        """The mean task loss of the first ``batches`` training batches (fixed once made)."""
+        ...
 
 
 class RetrievalAdapter:
@@ -127,15 +140,18 @@ class RetrievalAdapter:
 
         return evaluate(model, self.validation, self.recipe.image_size, protocols=("medium",))["mAP_medium"]
 
-    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]:
+    def loss_fn(self, model: nn.Module, batches: int = 1) -> Callable[[], torch.Tensor]:
         from lightning_modules.retrieval.losses import TripletLoss
 
-        images, _ = next(iter(self.dm.train_dataloader()))
+        fixed = [images for images, _ in itertools.islice(self.dm.train_dataloader(), batches)]
         loss = TripletLoss(0.1)
 
         def fn() -> torch.Tensor:
-            b, t = images.shape[:2]
-            return loss(model(images.flatten(0, 1)).view(b, t, -1))
+            total = torch.zeros(())
+            for images in fixed:
+                b, t = images.shape[:2]
+                total = total + loss(model(images.flatten(0, 1)).view(b, t, -1))
+            return total / len(fixed)
 
         return fn
 
@@ -210,10 +226,25 @@ class PoseAdapter:
     def sensitivity_metric(self, model: nn.Module) -> float:
         return self._score(model, self.val_loader)["add_0.1d"]
 
-    def loss_fn(self, model: nn.Module) -> Callable[[], torch.Tensor]:
-        batch = next(iter(self.train_loader))
+    def loss_fn(self, model: nn.Module, batches: int = 1) -> Callable[[], torch.Tensor]:
+        fixed = list(itertools.islice(self.train_loader, batches))
         module = self._module(model)
-        return lambda: module.compute_loss(batch)["loss"]
+        return lambda: sum((module.compute_loss(b)["loss"] for b in fixed), torch.zeros(())) / len(fixed)
+
+
+def loss_sensitivity(task: TaskAdapter, model: nn.Module, batches: int = 8) -> Callable[[], float]:
+    """The mean task loss of ``batches`` fixed training batches, in eval mode: MQAT's cheap proxy."""
+    loss = task.loss_fn(model, batches)
+
+    def evaluate() -> float:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            value = float(loss())
+        model.train(was_training)
+        return value
+
+    return evaluate
 
 
 def weight_size(model: nn.Module) -> tuple[int, int]:
@@ -225,21 +256,27 @@ def weight_size(model: nn.Module) -> tuple[int, int]:
 
 
 def method_configs(
-    task: TaskAdapter, work: Path, target: int, epochs: int, stages: int
+    task: TaskAdapter,
+    modules: dict[str, Any],
+    work: Path,
+    target: int,
+    epochs: int,
+    sensitivity: str = "metric",
 ) -> dict[str, dict[str, Any]]:
-    """The three methods' compression entries at ``target``x over the quantized weights."""
+    """The three methods' compression entries at ``target``x over the quantized weights; MQAT's costs are
+    the ``sensitivity`` table (``metric`` or ``loss``)."""
     activations = {"bits": 8}
     # the budget is over the quantized weights, as the uniform baseline's 32 / bits and the ratio column
     allocation = {"target_compression": target, "candidate_bits": CANDIDATE_BITS, "size": "weights"}
-    steps_per_stage = max(task.steps_per_epoch * epochs // (2 * stages), 1)
+    steps_per_stage = max(task.steps_per_epoch * epochs // (2 * len(modules)), 1)
     return {
         "uniform LSQ": {"algorithm": "uniform_quantization", "weights": {"bits": 32 // target},
                         "activations": activations, "lsq_gradient_scale": True},
-        "HAWQ-V3": {"algorithm": "mqat", "modules": task.modules, "order": "simultaneous",
+        "HAWQ-V3": {"algorithm": "mqat", "modules": modules, "order": "simultaneous",
                     "allocation": {**allocation, "sensitivity": str(work / "sensitivity_hessian.json")},
                     "activations": activations},
-        "MQAT": {"algorithm": "mqat", "modules": task.modules, "order": "sensitivity",
-                 "allocation": {**allocation, "sensitivity": str(work / "sensitivity_metric.json")},
+        "MQAT": {"algorithm": "mqat", "modules": modules, "order": "sensitivity",
+                 "allocation": {**allocation, "sensitivity": str(work / f"sensitivity_{sensitivity}.json")},
                  "activations": activations, "steps_per_stage": steps_per_stage},
     }  # fmt: skip
 
@@ -272,6 +309,14 @@ def main() -> None:
         help="fine-tuning peak LR as a fraction of the base's (default: pose 0.01, retrieval 0.2)",
     )  # fmt: skip
     parser.add_argument(
+        "--modules", type=Path, default=None,
+        help="a JSON module spec (as the mqat config's 'modules') instead of the task's three modules",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sensitivity", choices=("metric", "loss"), default="metric",
+        help="MQAT's costs: the task metric on a validation subset, or the loss of 8 fixed training batches",
+    )  # fmt: skip
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0],
         help="seeds of the fine-tuning runs (data order, augmentation); the table shows their mean",
     )  # fmt: skip
@@ -280,6 +325,14 @@ def main() -> None:
         parser.error(f"--lr-scale must be > 0, got {args.lr_scale}")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeat: {args.seeds}")
+    spec: dict[str, Any] | None = None
+    if args.modules is not None:
+        try:
+            spec = json.loads(args.modules.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"--modules {args.modules}: {e}")
+        if not isinstance(spec, dict):
+            parser.error(f"--modules {args.modules}: a JSON object of modules is needed")
     pl.seed_everything(args.seeds[0], verbose=False)
     task: TaskAdapter
     if args.task == "retrieval":
@@ -287,7 +340,10 @@ def main() -> None:
     else:
         lr_scale = 0.01 if args.lr_scale is None else args.lr_scale
         task = PoseAdapter(args.base, args.train_limit, lr_scale)
-    work = Path("outputs") / "benchmarks" / f"mqat_{task.name}"
+    modules_spec = task.modules if spec is None else spec
+    suffix = "" if spec is None else f"_{args.modules.stem}"
+    suffix += "_loss" if args.sensitivity == "loss" else ""
+    work = Path("outputs") / "benchmarks" / f"mqat_{task.name}{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("sensitivity_*.json"):  # tables of an earlier base must not be reused
         stale.unlink()
@@ -299,19 +355,25 @@ def main() -> None:
             for s in args.seeds]  # fmt: skip
 
     weights = model_weights(base, task.example)
-    modules = resolve_modules(ModuleSpec.from_config(task.modules, "modules"), weights, Scope(), "modules")
+    modules = resolve_modules(ModuleSpec.from_config(modules_spec, "modules"), weights, Scope(), "modules")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     measure_sensitivity(base, modules, CANDIDATE_BITS, lambda: task.sensitivity_metric(base),
                         cache=work / "sensitivity_metric.json")  # fmt: skip
     timings["metric_sensitivity_s"] = time.perf_counter() - t
+    if args.sensitivity == "loss":
+        t = time.perf_counter()
+        measure_sensitivity(base, modules, CANDIDATE_BITS, loss_sensitivity(task, base), method="loss",
+                            higher_is_better=False, cache=work / "sensitivity_loss.json")  # fmt: skip
+        timings["loss_sensitivity_s"] = time.perf_counter() - t
     t = time.perf_counter()
     hessian_sensitivity(base, modules, CANDIDATE_BITS, task.loss_fn(base), samples=32,
                         cache=work / "sensitivity_hessian.json")  # fmt: skip
     timings["hessian_sensitivity_s"] = time.perf_counter() - t
     for seed in args.seeds:
         for target in TARGETS:
-            for method, entry in method_configs(task, work, target, args.epochs, len(modules)).items():
+            configs = method_configs(task, modules_spec, work, target, args.epochs, args.sensitivity)
+            for method, entry in configs.items():
                 model = copy.deepcopy(base).train()
                 callback = NNCFCompressionCallback({"compression": [entry]}, example_input=task.calibration,
                                                    print_statistics=False)  # fmt: skip
@@ -330,6 +392,7 @@ def main() -> None:
     rows = summarize(runs, task)
     results: dict[str, Any] = {
         "task": task.name, "epochs": args.epochs, "lr_scale": task.lr_scale, "seeds": args.seeds,
+        "modules": modules_spec, "sensitivity": args.sensitivity,
         "methods": rows, "runs": runs, "timings": {**timings, "total_s": time.perf_counter() - start},
     }  # fmt: skip
 
@@ -345,7 +408,7 @@ def main() -> None:
               *(f"{100 * m['metrics'][c]:.1f}" for c in others)]
              for m in rows]  # fmt: skip
     header = ["method", "target", "bits", "ratio", task.metric, *others]
-    report(f"mqat_{task.name}", header, table, results)
+    report(work.name, header, table, results)
 
 
 if __name__ == "__main__":
