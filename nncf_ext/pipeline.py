@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
 
 from nncf_ext.algorithms.base import ALGORITHMS, CompressionAlgorithm
 from nncf_ext.config import CompressionConfig, load_config
-from nncf_ext.errors import CheckpointError, ModelError
+from nncf_ext.errors import CheckpointError, ConfigError, ModelError
 from nncf_ext.hooks import WeightHook, weight_hooks
 from nncf_ext.model import (
     build_graph,
@@ -140,7 +141,9 @@ def create_compression(
     check_example_input(model, example_input)
     with wrapping_transaction(model) as wrapped:
         existing = {
-            n for n, hooks in weight_hooks(wrapped).items() if any(isinstance(h, WeightHook) for h in hooks)
+            n
+            for n, hooks in weight_hooks(wrapped).items()
+            if any(isinstance(h, (WeightHook, BaseQuantizer)) for h in hooks)
         }
         graph = build_graph(wrapped, example_input)
         weights = find_weights(wrapped, graph)
@@ -150,6 +153,7 @@ def create_compression(
                 "the model has no weighted operation (conv, linear, embedding, matmul) to compress"
             )
         selections = []
+        quantized_by: dict[tuple[str, str], str] = {}  # (weight, kind) -> the entry that quantizes it
         for algorithm in algorithms:
             selected = algorithm.select(weights, others)
             already = sorted(w.name for w in selected if w.name in existing)
@@ -158,6 +162,15 @@ def create_compression(
                     f"{algorithm.path}: weights {already} already carry nncf-ext hooks; "
                     "create the pipeline on the uncompressed model and load its state_dict instead"
                 )
+            if (kind := algorithm.quantizes) is not None:
+                twice = sorted(w.name for w in selected if (w.name, kind) in quantized_by)
+                if twice:
+                    raise ConfigError(
+                        algorithm.path,
+                        f"weights {twice} are already quantized ({kind}) by {quantized_by[twice[0], kind]}; "
+                        "narrow the target_scope or ignored_scope of one of them",
+                    )
+                quantized_by.update({(w.name, kind): algorithm.path for w in selected})
             check_finite(wrapped, selected)
             algorithm.validate(wrapped, selected)
             selections.append(selected)

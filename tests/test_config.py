@@ -202,3 +202,32 @@ def test_a_failure_at_epoch_0_restores_the_weights_and_unwraps(
     assert after.keys() == before.keys()
     for key, value in before.items():
         torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+def test_a_quantized_model_is_not_quantized_again(example_input: torch.Tensor) -> None:
+    """NNCF's quantizers count as existing hooks (only nncf-ext's own hook modules did)."""
+    model = TinyNet()
+    int8 = {"compression": {"algorithm": "uniform_quantization", "weights": {"bits": 8}}}
+    nncf_ext.create_compression(model, int8, example_input)
+    before = model_state(model)
+    with pytest.raises(ModelError, match="already carry nncf-ext hooks"):
+        nncf_ext.create_compression(model, int8, example_input)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+
+
+def test_two_grids_on_one_weight_are_refused_a_codebook_on_a_grid_is_not(example_input: torch.Tensor) -> None:
+    grid = {"algorithm": "uniform_quantization", "weights": {"bits": 8}}
+    model = TinyNet()
+    with pytest.raises(ConfigError, match=r"already quantized \(grid\) by compression\[0\]") as info:
+        nncf_ext.create_compression(
+            model,
+            {"compression": [grid, {"algorithm": "mqat", "bits": {"features": 4, "fc": 4}}]},
+            example_input,
+        )
+    assert info.value.path == "compression[1]" and not is_wrapped(model)
+    kmeans = {"algorithm": "kmeans_quantization", "bits": 4}
+    with pytest.raises(ConfigError, match=r"\(codebook\)"):
+        nncf_ext.create_compression(TinyNet(), {"compression": [kmeans, kmeans]}, example_input)
+    # cluster-preserving quantization: k-means centroids snapped to an int8 grid
+    nncf_ext.create_compression(TinyNet(), {"compression": [kmeans, grid]}, example_input)
