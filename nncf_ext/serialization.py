@@ -20,7 +20,7 @@ import nncf.torch
 from torch import nn
 
 from nncf_ext.errors import CheckpointError
-from nncf_ext.model import check_wrappable
+from nncf_ext.model import check_wrappable, wrapping_transaction
 
 ALLOWED_MODULES = ("nncf.*", "nncf_ext.*")
 TModel = TypeVar("TModel", bound=nn.Module)
@@ -56,15 +56,17 @@ def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
     if not isinstance(config, dict) or not isinstance(config.get("compression_state"), list):
         raise CheckpointError("expected a config from nncf_ext.get_config with a 'compression_state' list")
     commands = []
+    keys = {"module_path", "module_cls_name", "module_config", "hook_names_in_model"}
     for i, command in enumerate(config["compression_state"]):
-        if not isinstance(command, dict) or not {"module_path", "module_cls_name", "module_config"} <= set(
-            command
-        ):
-            raise CheckpointError(f"compression_state[{i}] is malformed: {command!r}")
+        if not isinstance(command, dict) or not keys <= set(command):
+            raise CheckpointError(f"compression_state[{i}] is malformed (needs {sorted(keys)}): {command!r}")
         commands.append({**command, "module_config": _tuples(command["module_config"])})
     try:
-        return nncf.torch.load_from_config(
-            model, {"compression_state": commands}, allowed_modules=ALLOWED_MODULES
-        )
-    except nncf.InternalError as e:
-        raise CheckpointError(str(e)) from e
+        # NNCF adds the hooks one command at a time: a failing command must not leave the earlier ones
+        with wrapping_transaction(model):
+            restored = nncf.torch.load_from_config(
+                model, {"compression_state": commands}, allowed_modules=ALLOWED_MODULES
+            )
+    except (nncf.InternalError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot restore the hooks: {type(e).__name__}: {e}") from e
+    return restored

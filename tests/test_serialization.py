@@ -62,6 +62,28 @@ def test_malformed_config_is_refused() -> None:
         nncf_ext.load_from_config(TinyNet(), {"compression_state": [{"module_path": "nncf_ext.x"}]})
 
 
+@pytest.mark.parametrize("problem", ["untrusted last", "unknown option", "no hook names"])
+def test_a_failed_restore_leaves_the_model_as_it_was(problem: str, example_input: torch.Tensor) -> None:
+    """NNCF adds the hooks command by command: a later failure left the earlier hooks and the wrapper, and
+    NNCF's TypeError / KeyError came through raw."""
+    from nncf.torch.function_hook.wrapper import is_wrapped
+
+    config = copy.deepcopy(nncf_ext.get_config(compressed(example_input)[0]))
+    last = config["compression_state"][-1]
+    if problem == "untrusted last":
+        last.update(module_path="os", module_cls_name="system")
+    elif problem == "unknown option":
+        last["module_config"]["shap"] = [1]
+    else:
+        del config["compression_state"][0]["hook_names_in_model"]
+    fresh = TinyNet()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError):
+        nncf_ext.load_from_config(fresh, config)
+    assert not is_wrapped(fresh)
+    assert fresh.state_dict().keys() == before.keys()
+
+
 def test_pipeline_state_round_trip(example_input: torch.Tensor) -> None:
     schedule = {"type": "multistep", "steps": {"0": 0.05, "3": 0.2}}
     config = pruning_config(schedule)
