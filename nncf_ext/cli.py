@@ -16,11 +16,31 @@ from nncf_ext.errors import NNCFExtError
 from nncf_ext.statistics import compression_statistic
 
 
+def _at_least(low: int) -> Any:
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+
+
 def _demo(args: argparse.Namespace) -> int:
     if args.task == "toy":
         from lightning_modules.toy import demo as toy
 
-        toy.run(config=args.config, epochs=args.epochs or 6, output_dir=args.output_dir, seed=args.seed)
+        epochs = 6 if args.epochs is None else args.epochs
+        toy.run(config=args.config, epochs=epochs, output_dir=args.output_dir, seed=args.seed)
         return 0
     from dataclasses import replace
 
@@ -28,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
     from lightning_modules.retrieval.recipe import BaseRecipe
 
     settings = demo.DemoSettings(recipe=replace(BaseRecipe(), seed=args.seed))
-    if args.epochs:
+    if args.epochs is not None:
         settings = replace(settings, epochs=args.epochs)
     demo.run(settings, args.output_dir, template=args.config)
     return 0
@@ -155,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrieval: recipe template (default examples/configs/place_recognition.json); "
         "toy: the compression config",
     )
-    demo.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the demo's)")
+    demo.add_argument(
+        "--epochs", type=POSITIVE, default=None, help="fine-tuning epochs (default: the demo's)"
+    )
     demo.add_argument("--output-dir", default="outputs/demo", help="where results (JSON) are written")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=_demo)
@@ -166,12 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--data", default=None, help="dataset root (default: the embedded dataset of the task)"
     )
-    compress.add_argument("--epochs", type=int, default=5, help="training epochs")
-    compress.add_argument("--batch-size", type=int, default=None, help="batch size (default: the task's)")
+    compress.add_argument("--epochs", type=POSITIVE, default=5, help="training epochs")
+    compress.add_argument(
+        "--batch-size", type=POSITIVE, default=None, help="batch size (default: the task's)"
+    )
     compress.add_argument("--output-dir", default="outputs/compress", help="checkpoints, logs, compressed.pt")
     compress.add_argument("--init-from", default=None, help="start from the weights of a compressed.pt")
     compress.add_argument("--resume", default=None, help="Lightning checkpoint (last.ckpt) to resume from")
-    compress.add_argument("--devices", type=int, default=1, help="number of CPU processes")
+    compress.add_argument("--devices", type=POSITIVE, default=1, help="number of CPU processes")
     compress.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
     compress.add_argument("--seed", type=int, default=0, help="random seed")
     compress.set_defaults(func=_compress)
@@ -201,10 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", default="outputs/benchmark", help="where the IRs and benchmark.json go"
     )
     bench.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or NPU")
-    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
-    bench.add_argument("--repeats", type=int, default=30, help="timed runs (the median is reported)")
-    bench.add_argument("--threads", type=int, default=None, help="CPU threads for torch and OpenVINO")
+    bench.add_argument("--batch-sizes", type=POSITIVE, nargs="+", default=[1, 8], help="batch sizes to time")
+    bench.add_argument("--warmup", type=NON_NEGATIVE, default=5, help="untimed runs before timing")
+    bench.add_argument("--repeats", type=POSITIVE, default=30, help="timed runs (the median is reported)")
+    bench.add_argument("--threads", type=POSITIVE, default=None, help="CPU threads for torch and OpenVINO")
     bench.set_defaults(func=_benchmark)
     return parser
 

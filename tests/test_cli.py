@@ -97,6 +97,26 @@ def test_compress_resumes(tmp_path: Path) -> None:
     assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compress", "--task", "toy", "--config", "c.json", "--epochs", "-1"],  # Lightning: -1 trains forever
+        ["compress", "--task", "toy", "--config", "c.json", "--devices", "0"],
+        ["demo", "--task", "toy", "--epochs", "0"],  # was taken as "the default, 6"
+        ["benchmark", "m.pt", "--repeats", "0"],  # failed after both IRs were exported
+        ["benchmark", "m.pt", "--threads", "-2"],
+        ["benchmark", "m.pt", "--batch-sizes", "8", "0"],
+        ["benchmark", "m.pt", "--warmup", "x"],
+    ],
+)
+def test_bad_counts_are_refused_by_the_parser(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    option = next(a for a in argv if a.startswith("--") and a not in ("--task", "--config"))
+    assert f"argument {option}" in capsys.readouterr().err
+
+
 def test_every_subcommand_documents_its_options() -> None:
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
