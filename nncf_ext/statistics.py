@@ -8,6 +8,7 @@ dense at their own precision.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +50,11 @@ class LayerStatistic:
     @property
     def ratio(self) -> float:
         return self.dense_bytes / self.compressed_bytes if self.compressed_bytes else float("inf")
+
+
+def _finite(ratio: float) -> float | None:
+    """A ratio for JSON: None where nothing is stored (JSON has no infinity)."""
+    return ratio if math.isfinite(ratio) else None
 
 
 @dataclass
@@ -116,7 +122,7 @@ class CompressionStatistic:
             d = asdict(s)
             d["shape"] = list(s.shape)
             d["sparsity"] = s.sparsity
-            d["ratio"] = s.ratio
+            d["ratio"] = _finite(s.ratio)
             layers.append(d)
         return {
             "layers": layers,
@@ -131,8 +137,8 @@ class CompressionStatistic:
             "huffman_bytes": self.huffman_bytes,
             "entropy_bytes": self.entropy_bytes,
             "ir_bytes": self.ir_bytes,
-            "ratio": self.ratio,
-            "huffman_ratio": self.huffman_ratio,
+            "ratio": _finite(self.ratio),
+            "huffman_ratio": _finite(self.huffman_ratio),
         }
 
     def __str__(self) -> str:

@@ -138,3 +138,9 @@ def test_table_of_a_fully_pruned_layer(example_input: torch.Tensor) -> None:
     table = str(pipeline.statistics())
     row = next(line for line in table.splitlines() if " fc.weight " in line)
     assert "100.0%" in row and row.split()[-2] == "-"
+    # and its JSON is JSON: no ratio (it was Infinity, which json.dumps writes and strict parsers refuse)
+    import json
+
+    text = json.dumps(pipeline.statistics().to_dict(), allow_nan=False)
+    (fc,) = [layer for layer in json.loads(text)["layers"] if layer["name"] == "fc.weight"]
+    assert fc["compressed_bytes"] == 0 and fc["ratio"] is None
