@@ -120,7 +120,10 @@ def check_float(
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(path, f"expected a number, got {type_name(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ConfigError(path, "expected a finite number, got an integer too large for a float") from None
     if not math.isfinite(value):
         raise ConfigError(path, f"expected a finite number, got {value}")
     if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):

@@ -96,9 +96,13 @@ class CompressionPipeline:
         try:
             saved = state["config"]
             algorithms = state["algorithms"]
-            epoch = int(state["epoch"])
-        except (KeyError, TypeError, ValueError) as e:
+            epoch = state["epoch"]
+        except (KeyError, TypeError) as e:
             raise CheckpointError(f"malformed compression state: missing or invalid {e}") from None
+        if not isinstance(algorithms, list) or not all(isinstance(a, dict) for a in algorithms):
+            raise CheckpointError("malformed compression state: 'algorithms' must be a list of objects")
+        if not _is_epoch(epoch) or not all(_is_epoch(a.get("epoch", -1)) for a in algorithms):
+            raise CheckpointError("malformed compression state: epochs must be integers >= -1")
         if saved != self.config.to_dict():
             raise CheckpointError(
                 "the compression state was saved with a different config than this pipeline's"
@@ -120,6 +124,12 @@ class CompressionPipeline:
                     f"malformed compression state of {algorithm.path}: missing or invalid {e}"
                 ) from None
         self.epoch = epoch
+
+
+def _is_epoch(value: Any) -> bool:
+    """An epoch of a saved state: an int (not a bool, not a float that int() would truncate), -1 before
+    the first epoch_step."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= -1
 
 
 def create_compression(

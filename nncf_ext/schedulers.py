@@ -245,10 +245,10 @@ def _parse_steps(r: ConfigReader, minimum: float, maximum: float | None) -> tupl
         raise ConfigError(path, f"expected a non-empty object {{epoch: value}}, got {type_name(raw)}")
     steps: list[tuple[int, float]] = []
     for key, v in raw.items():
-        try:
-            epoch = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(path, f"epoch keys must be integers, got {key!r}") from None
+        # JSON keys are strings of digits; int() would also take "1_0" (10), " 3" or a float key 1.7 (1)
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+            raise ConfigError(path, f"epoch keys must be non-negative integers, got {key!r}")
+        epoch = int(key)
         check_int(epoch, f"{path}[{key!r}]", minimum=0)
         if steps and epoch <= steps[-1][0]:
             raise ConfigError(path, f"epochs must be strictly increasing, got {epoch} after {steps[-1][0]}")

@@ -108,6 +108,11 @@ BAD_CONFIGS = [
     ),
     ({"compression": [{"algorithm": "l1_sparsity"}]}, "compression[0].lambda", "missing"),
     (
+        {"compression": [{"algorithm": "l1_sparsity", "lambda": 10**400}]},
+        "compression[0].lambda",
+        "too large",
+    ),
+    (
         {"compression": [{"algorithm": "l1_sparsity", "lambda": 1e-4, "reduction": "avg"}]},
         "compression[0].reduction",
         "not one of",

@@ -111,6 +111,12 @@ def test_pipeline_state_round_trip(example_input: torch.Tensor) -> None:
         other.load_state_dict(state["compression"])
     with pytest.raises(CheckpointError, match="malformed"):
         other.load_state_dict({"epoch": 1})
+    for bad in ({"algorithms": None}, {"epoch": 2.9}, {"epoch": True}):  # raw TypeError, or truncated to 2
+        with pytest.raises(CheckpointError, match="malformed"):
+            restored.load_state_dict({**state["compression"], **bad})
+    with pytest.raises(CheckpointError, match="epochs must be integers"):
+        entries = [{**a, "epoch": True} for a in state["compression"]["algorithms"]]
+        restored.load_state_dict({**state["compression"], "algorithms": entries})
     # a bad entry further down the list changes nothing, not even the algorithms before it
     broken = copy.deepcopy(state["compression"])
     del broken["algorithms"][-1]["epoch"]
