@@ -70,6 +70,8 @@ class CompressionConfig:
         infos: tuple[InputInfo, ...] = ()
         if r.has("input_info"):
             value = r.raw("input_info")
+            if value == []:
+                raise ConfigError("input_info", "an empty list; give one {'sample_size': [...]} per input")
             items = value if isinstance(value, list) else [value]
             infos = tuple(
                 InputInfo.from_config(v, f"input_info[{i}]" if isinstance(value, list) else "input_info")
