@@ -112,6 +112,7 @@ BAD_CONFIGS = [
         "compression[0].lambda",
         "too large",
     ),
+    ({"input_info": [], "compression": {"algorithm": "l1_sparsity", "lambda": 0.1}}, "input_info", "empty"),
     (
         {"compression": [{"algorithm": "l1_sparsity", "lambda": 1e-4, "reduction": "avg"}]},
         "compression[0].reduction",
