@@ -24,6 +24,9 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("mqat_pose", ["--task", "retrieval", "--seeds", "0", "1", "2"]),
     ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt", "--epochs", "3",
                    "--train-limit", "2000", "--seeds", "0", "1", "2"]),
+    ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt", "--epochs", "3",
+                   "--train-limit", "2000", "--seeds", "0", "1", "2",
+                   "--modules", "benchmarks/five_modules.json", "--sensitivity", "loss"]),
 ]  # fmt: skip
 
 
