@@ -119,7 +119,8 @@ def lsq_gradient_factor(quantizer: BaseQuantizer, param: str) -> float:
     exactly as in LSQ, and a clipped input (whose NNCF gradient is the true one) by ``(levels - 1) / Qp``
     (about 2) times as much. The asymmetric ``input_range`` is ``(levels - 1) * s`` (NNCF's alignment of zero
     to a level aside); ``input_low`` is an offset in input units, which LSQ+ scales by ``g`` alone. A
-    constant factor does not change what Adam does; under SGD it sets how fast ranges train.
+    constant factor is normalised away by Adam while the gradients stay well above its ``eps``; under SGD it
+    sets how fast ranges train.
     """
     n = getattr(quantizer, LSQ_ELEMENTS)
     qp = max(int(quantizer.level_high), 1)
