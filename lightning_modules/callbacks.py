@@ -66,6 +66,7 @@ class NNCFCompressionCallback(pl.Callback):
         self._pending_state: dict[str, Any] | None = None
         self._stepped_at = 0  # trainer.global_step (optimizer steps) at the last pipeline.step()
         self._stage = "fit"  # the stage of the Trainer's current run (setup)
+        self._backwards = 0  # backward passes since the last optimizer step
 
     # -- model -------------------------------------------------------------------------------------------
     def target(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -149,14 +150,31 @@ class NNCFCompressionCallback(pl.Callback):
         assert self.pipeline is not None
         self.pipeline.epoch_step(trainer.current_epoch)
 
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._backwards += 1
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         # once per optimizer step, on the summed gradients of its micro-batches, and after a mixed-precision
         # GradScaler has unscaled them (injected earlier, the regulariser would be divided by the scale)
+        backwards, self._backwards = self._backwards, 0
         if self.loss_in_module or self.pipeline is None:
             return
+        # Lightning divides each micro-batch's loss by accumulate_grad_batches, also in an epoch's last,
+        # partly filled window: a loss term would count k / N there
+        n = max(trainer.accumulate_grad_batches, 1)
+        scale = min(backwards, n) / n if n > 1 else 1.0
+        if scale == 1.0:
+            self.pipeline.inject_gradients()
+            return
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        before = [p.grad.clone() if p.grad is not None else None for p in params]
         self.pipeline.inject_gradients()
+        for p, grad in zip(params, before, strict=True):
+            if p.grad is not None:
+                base = grad if grad is not None else torch.zeros_like(p.grad)
+                p.grad = base + (p.grad - base) * scale
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stepped_at = trainer.global_step  # a resumed run continues from its checkpoint's count

@@ -74,8 +74,8 @@ def test_each_algorithm_runs_in_fit(tmp_path: Path, entries: list, metric: str, 
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
 def test_injection_matches_loss_term(tmp_path: Path, precision: str) -> None:
     """The callback's gradient injection equals adding pipeline.loss() in the module, under gradient
-    accumulation and under fp16 mixed precision, whose GradScaler scales the loss gradients (injected
-    after backward, the L1 term was divided by its scale, 65536)."""
+    accumulation (a partly filled last window included) and under fp16 mixed precision, whose GradScaler
+    scales the loss gradients (injected after backward, the L1 term was divided by its scale, 65536)."""
     from pytorch_lightning.plugins.precision import MixedPrecision
 
     class LossInModule(ToyModule):
@@ -96,8 +96,9 @@ def test_injection_matches_loss_term(tmp_path: Path, precision: str) -> None:
         # what Trainer(accelerator="gpu", precision="16-mixed") builds on CUDA, here on the CPU
         amp = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
         kwargs = amp if precision == "16-mixed" else {}
+        # 7 batches: the last accumulation window holds one micro-batch, whose loss Lightning divides by 2
         trainer(tmp_path / str(in_module), 1, [callback], accumulate_grad_batches=2, **kwargs).fit(
-            module, SeededToyData()
+            module, SeededToyData(size=224)
         )
         results.append(snapshot(module.model))
     for key in results[0]:
