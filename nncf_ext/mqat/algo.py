@@ -410,8 +410,10 @@ def allocation_costs(measured: dict[int, float]) -> dict[int, float]:
     costs: dict[int, float] = {}
     running = math.inf
     for b in bits:
-        value = measured[b] if not math.isnan(measured[b]) else math.inf
-        running = min(running, max(value, 0.0))
+        if not math.isfinite(measured[b]):  # failed: never taken, and no bound for the wider widths
+            costs[b] = math.inf
+            continue
+        running = min(running, max(measured[b], 0.0))
         costs[b] = running
     finite = [c for c in costs.values() if math.isfinite(c)]
     scale = 1e-6 * max(max(finite, default=0.0), 1e-3)  # below any real gap; ties are settled after HiGHS

@@ -17,6 +17,7 @@ Tied modules are merged into one (summed costs and sizes) before solving.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -189,16 +190,15 @@ def allocate_bits(
             size[g, j] = sum(sizes[m] * b for m in group)
             for e, budget in enumerate(extra):
                 extras[e, g, j] = sum(float(budget.cost[m][b]) for m in group)
-    if np.isnan(cost).any():
-        nan_group, nan_choice = (int(i) for i in np.argwhere(np.isnan(cost))[0])
-        raise ConfigError(
-            "sensitivity",
-            f"module '{groups[nan_group][0]}' has a NaN cost at {candidates[nan_group][nan_choice]} bits",
-        )
+    for m in modules:
+        nan = [b for b, c in sensitivity[m].items() if math.isnan(float(c))]
+        if nan:
+            raise ConfigError("sensitivity", f"module '{m}' has a NaN cost at {nan} bits")
     valid = np.isfinite(cost)  # +inf: a width never to take (and the padding of shorter candidate lists)
     if not valid.any(1).all():
-        empty = int(np.flatnonzero(~valid.any(1))[0])
-        raise ConfigError("sensitivity", f"module '{groups[empty][0]}' has no bit-width of finite cost")
+        empty = groups[int(np.flatnonzero(~valid.any(1))[0])]
+        which = f"module '{empty[0]}' has" if len(empty) == 1 else f"tied modules {empty} have"
+        raise ConfigError("sensitivity", f"{which} no bit-width of finite cost")
     size[~valid] = np.inf
     smallest = float(size.min(1).sum())
     if smallest > budget_bits:

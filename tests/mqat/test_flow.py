@@ -240,11 +240,24 @@ def test_resuming_after_the_table_changed_is_refused(tmp_path: Path) -> None:
 def test_a_width_whose_evaluation_failed_is_never_taken() -> None:
     costs = allocation_costs({2: float("nan"), 4: 0.3, 8: 0.0})
     assert costs[2] == float("inf") and costs[4] == pytest.approx(0.3, abs=1e-5)
+    # a failed wider width does not take the cost of a narrower one
+    wide = allocation_costs({2: 0.5, 4: 0.1, 8: float("nan")})
+    assert wide[8] == float("inf")
+    assert allocate_bits({"a": wide}, {"a": 100}, 100 * 8) == {"a": 4}
+    with pytest.raises(ConfigError, match=r"tied modules \['a', 'b'\] have no bit-width"):
+        allocate_bits(
+            {"a": {2: float("inf"), 4: 0.0}, "b": {2: 0.0, 4: float("inf")}},
+            {"a": 10, "b": 10},
+            100,
+            ties=[["a", "b"]],
+        )
+    with pytest.raises(ConfigError, match="'b' has a NaN cost"):
+        allocate_bits({"a": {2: 0.0}, "b": {2: float("nan")}}, {"a": 10, "b": 10}, 100, ties=[["a", "b"]])
     other = allocation_costs({2: 0.5, 4: 0.1, 8: 0.0})
     assert allocate_bits({"a": costs, "b": other}, {"a": 100, "b": 100}, 100 * 12) == {"a": 8, "b": 4}
     with pytest.raises(ConfigError, match="'a' has no bit-width of finite cost"):
         allocate_bits({"a": {2: float("inf")}, "b": other}, {"a": 100, "b": 100}, 100 * 12)
-    with pytest.raises(ConfigError, match="'a' has a NaN cost at 2 bits"):
+    with pytest.raises(ConfigError, match=r"'a' has a NaN cost at \[2\] bits"):
         allocate_bits({"a": {2: float("nan"), 8: 0.0}, "b": other}, {"a": 100, "b": 100}, 100 * 12)
 
 
