@@ -246,7 +246,8 @@ def _parse_steps(r: ConfigReader, minimum: float, maximum: float | None) -> tupl
     steps: list[tuple[int, float]] = []
     for key, v in raw.items():
         # JSON keys are strings of digits; int() would also take "1_0" (10), " 3" or a float key 1.7 (1)
-        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdigit())):
+        plain = isinstance(key, str) and key.isascii() and key.isdigit()
+        if isinstance(key, bool) or not (isinstance(key, int) or plain):
             raise ConfigError(path, f"epoch keys must be non-negative integers, got {key!r}")
         epoch = int(key)
         check_int(epoch, f"{path}[{key!r}]", minimum=0)

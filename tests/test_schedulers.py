@@ -75,6 +75,8 @@ def test_round_trip() -> None:
         ({"type": "multistep", "steps": {"1_0": 0.1}}, "s.steps"),  # int() reads it as 10
         ({"type": "multistep", "steps": {" 3": 0.1}}, "s.steps"),
         ({"type": "multistep", "steps": {1.7: 0.1}}, "s.steps"),  # int() truncates it to 1
+        ({"type": "multistep", "steps": {"\u0663": 0.1}}, "s.steps"),  # an Arabic-Indic 3: str.isdigit()
+        ({"type": "multistep", "steps": {"\u00b2": 0.1}}, "s.steps"),  # superscript 2: int() raised
         ({"type": "multistep", "steps": {}}, "s.steps"),
         ({"type": "exponential", "initial": 0.0, "target": 0.1, "end_epoch": 3}, "s.initial"),
         ({"type": "polynomial", "target": 0.1, "start_epoch": 4, "end_epoch": 3}, "s.end_epoch"),
