@@ -169,7 +169,7 @@ def create_compression(
             already = sorted(w.name for w in selected if w.name in existing)
             if already:
                 raise ModelError(
-                    f"{algorithm.path}: weights {already} already carry nncf-ext hooks; "
+                    f"{algorithm.path}: weights {already} already carry nncf-ext hooks or NNCF quantizers; "
                     "create the pipeline on the uncompressed model and load its state_dict instead"
                 )
             if (kind := algorithm.quantizes) is not None:
