@@ -358,10 +358,11 @@ def main() -> None:
     modules = resolve_modules(ModuleSpec.from_config(modules_spec, "modules"), weights, Scope(), "modules")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    measure_sensitivity(base, modules, CANDIDATE_BITS, lambda: task.sensitivity_metric(base),
-                        cache=work / "sensitivity_metric.json")  # fmt: skip
-    timings["metric_sensitivity_s"] = time.perf_counter() - t
-    if args.sensitivity == "loss":
+    if args.sensitivity == "metric":
+        measure_sensitivity(base, modules, CANDIDATE_BITS, lambda: task.sensitivity_metric(base),
+                            cache=work / "sensitivity_metric.json")  # fmt: skip
+        timings["metric_sensitivity_s"] = time.perf_counter() - t
+    else:
         t = time.perf_counter()
         measure_sensitivity(base, modules, CANDIDATE_BITS, loss_sensitivity(task, base), method="loss",
                             higher_is_better=False, cache=work / "sensitivity_loss.json")  # fmt: skip
