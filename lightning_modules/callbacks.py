@@ -130,20 +130,14 @@ class NNCFCompressionCallback(pl.Callback):
             self._load_pipeline_state(self._pending_state)
             self._pending_state = None
 
-    def _load_pending_state(self) -> None:
+    def _load_pending_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At the start of validate / test / predict: the state of the checkpoint they loaded, if any (when
+        fitting, the state is loaded in ``setup`` or ``load_state_dict`` and nothing is pending)."""
         if self._pending_state is not None and self.pipeline is not None:
             self._load_pipeline_state(self._pending_state)
             self._pending_state = None
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._stage == "validate":
-            self._load_pending_state()
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._load_pending_state()
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._load_pending_state()
+    on_validation_start = on_test_start = on_predict_start = _load_pending_state
 
     # -- training loop -----------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
