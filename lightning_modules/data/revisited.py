@@ -58,6 +58,21 @@ class RevisitedData:
         return self.root / "jpg" / f"{name}.jpg"
 
 
+def _index_array(values: Any, where: str) -> np.ndarray:
+    """A flat int64 array of image indices; floats must be whole numbers (never silently truncated)."""
+    try:
+        arr = np.asarray(values).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where} is not a list of image indices ({e})") from e
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+        return arr.astype(np.int64)
+    raise DataError(f"{where} must hold integer image indices, got {arr[:5].tolist()}")
+
+
 def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
     """Read ``root/gnd_<name>.pkl`` (``name`` defaults to the only ``gnd_*.pkl`` there) and check it."""
     root = Path(root)
@@ -83,6 +98,8 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
         raise DataError(f"{path}: {len(raw['gnd'])} gnd entries for {len(qimlist)} queries")
     gnd = []
     for q, entry in enumerate(raw["gnd"]):
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: gnd[{q}] must be a dict, got {type(entry).__name__}")
         required = ORIGINAL_KEYS if "ok" in entry and "easy" not in entry else GND_KEYS
         missing = [k for k in ("bbx", *required) if k not in entry]
         if missing:
@@ -90,11 +107,15 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
                 f"{path}: gnd[{q}] lacks {missing} "
                 f"(revisited: {list(GND_KEYS)}; original: {list(ORIGINAL_KEYS)})"
             )
-        clean: dict[str, Any] = {"bbx": [float(v) for v in np.asarray(entry["bbx"]).reshape(-1)]}
-        if len(clean["bbx"]) != 4:
-            raise DataError(f"{path}: gnd[{q}]['bbx'] must have 4 numbers [x1, y1, x2, y2]")
+        try:
+            bbx = np.asarray(entry["bbx"], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: gnd[{q}]['bbx'] is not numeric ({e})") from e
+        if bbx.size != 4 or not np.isfinite(bbx).all():
+            raise DataError(f"{path}: gnd[{q}]['bbx'] must have 4 finite numbers [x1, y1, x2, y2]")
+        clean: dict[str, Any] = {"bbx": bbx.tolist()}
         for key in (k for k in INDEX_KEYS if k in entry):
-            idx = np.asarray(entry[key], dtype=np.int64).reshape(-1)
+            idx = _index_array(entry[key], f"{path}: gnd[{q}][{key!r}]")
             if idx.size and (idx.min() < 0 or idx.max() >= len(imlist)):
                 raise DataError(
                     f"{path}: gnd[{q}][{key!r}] has an index outside imlist ({len(imlist)} images)"

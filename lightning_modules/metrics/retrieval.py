@@ -32,7 +32,35 @@ DEFAULT_KS = (1, 5, 10)
 def _indices(entry: Mapping[str, Any], key: str, query: int) -> torch.Tensor:
     if key not in entry:
         raise ValueError(f"gnd[{query}] has no {key!r} list (keys: {sorted(entry)})")
-    return torch.as_tensor(np.asarray(entry[key], dtype=np.int64).reshape(-1))
+    values = np.asarray(entry[key]).reshape(-1)
+    if values.size and not (
+        values.dtype.kind in "iu"
+        or (values.dtype.kind == "f" and np.isfinite(values).all() and (values == np.round(values)).all())
+    ):
+        raise ValueError(f"gnd[{query}][{key!r}] must hold integer image indices, got {values[:5].tolist()}")
+    return torch.as_tensor(values.astype(np.int64))
+
+
+def default_protocols(gnd: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``("original",)`` for Oxford5k / Paris6k ground truth (``ok`` lists, no ``easy``), else the revisited
+    ``("easy", "medium", "hard")``."""
+    original = bool(gnd) and all("ok" in entry and "easy" not in entry for entry in gnd)
+    return ("original",) if original else ("easy", "medium", "hard")
+
+
+def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(protocols, str):
+        raise ValueError(f"protocols must be a sequence of names such as ({protocols!r},), not a string")
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise ValueError(f"unknown protocols {bad or list(protocols)}; expected some of {PROTOCOLS}")
+    return tuple(protocols)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(ks, int) or not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"ks must be a sequence of positive integers, got {ks!r}")
+    return tuple(int(k) for k in ks)
 
 
 def ground_truth_masks(
@@ -123,8 +151,7 @@ def precision_at_k(
     similarity: torch.Tensor, positives: torch.Tensor, junk: torch.Tensor, ks: Sequence[int] = DEFAULT_KS
 ) -> torch.Tensor:
     """Reference mP@k per query, ``(queries, len(ks))``: precision at ``min(k, last positive's rank)``."""
-    if not ks or any(int(k) < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {list(ks)}")
+    ks = _check_ks(ks)
     rank, is_pos = _sorted_ranks(similarity, positives, junk)
     rank1 = torch.where(is_pos, rank + 1, torch.zeros_like(rank))  # 1-based ranks of positives, 0 elsewhere
     last = rank1.max(1).values  # rank of the last positive (0: no positive)
@@ -152,14 +179,16 @@ def revisited_map(
     query_descriptors: torch.Tensor | np.ndarray,
     database_descriptors: torch.Tensor | np.ndarray,
     gnd: Sequence[Mapping[str, Any]],
-    protocols: Sequence[str] = ("easy", "medium", "hard"),
+    protocols: Sequence[str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, torch.Tensor]:
     """mAP and mP@k per protocol: keys ``mAP_<protocol>`` and ``mP@<k>_<protocol>`` (0-d float tensors).
 
     Row ``i`` of ``query_descriptors`` is the query ``gnd[i]``; database rows are the indices used in ``gnd``.
-    A protocol where no query has positives gives NaN.
+    A protocol where no query has positives gives NaN. ``protocols`` defaults to :func:`default_protocols`.
     """
+    protocols = default_protocols(gnd) if protocols is None else _check_protocols(protocols)
+    ks = _check_ks(ks)
     if len(gnd) != len(query_descriptors):
         raise ValueError(
             f"gnd has {len(gnd)} queries but {len(query_descriptors)} query descriptors were given"
@@ -179,7 +208,8 @@ class RevisitedMAP(Metric):
 
     ``update(descriptors, indices, is_query)``: ``indices`` are positions in ``qimlist`` (queries) or
     ``imlist`` (database); ``is_query`` is a bool or a per-row bool tensor. ``compute()`` returns
-    :func:`revisited_map`'s dict and raises if an image was never seen.
+    :func:`revisited_map`'s dict and raises if an image was never seen. ``protocols`` defaults to
+    :func:`default_protocols` of ``gnd`` (the revisited three, or ``original`` for Oxford5k / Paris6k).
     """
 
     is_differentiable = False
@@ -195,20 +225,18 @@ class RevisitedMAP(Metric):
         self,
         gnd: Sequence[Mapping[str, Any]],
         num_database: int,
-        protocols: Sequence[str] = ("easy", "medium", "hard"),
+        protocols: Sequence[str] | None = None,
         ks: Sequence[int] = DEFAULT_KS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        bad = [p for p in protocols if p not in PROTOCOLS]
-        if bad:
-            raise ValueError(f"unknown protocols {bad}; expected some of {PROTOCOLS}")
-        for protocol in protocols:  # validate the ground truth now, not at the end of an epoch
+        # validate the ground truth, protocols and ks now, not at the end of an epoch
+        self.protocols = default_protocols(gnd) if protocols is None else _check_protocols(protocols)
+        self.ks = _check_ks(ks)
+        for protocol in self.protocols:
             ground_truth_masks(gnd, num_database, protocol)
         self.gnd = list(gnd)
         self.num_database = num_database
-        self.protocols = tuple(protocols)
-        self.ks = tuple(int(k) for k in ks)
         for name in ("query_desc", "query_idx", "db_desc", "db_idx"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 

@@ -47,14 +47,14 @@ def evaluate(
     data: RevisitedData,
     image_size: int,
     batch_size: int = 64,
-    protocols: Sequence[str] = ("easy", "medium", "hard"),
+    protocols: Sequence[str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, float]:
     """mAP / mP@k of ``model`` on ``data`` (queries cropped), e.g. ``{"mAP_medium": 0.61, "mP@5_easy": ...}``.
 
     ``model`` is a torch module (run in eval mode, mode restored) or any callable taking a float32 numpy batch
     ``(N, 3, image_size, image_size)`` (ImageNet-normalised) and returning descriptors, such as an OpenVINO
-    ``CompiledModel``.
+    ``CompiledModel``. ``protocols`` defaults to those of the ground truth (:func:`default_protocols`).
     """
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):

@@ -65,8 +65,9 @@ class RetrievalNet(nn.Module):
         g = torch.Generator().manual_seed(seed)
         try:
             local = []
+            device = next(self.parameters()).device
             for images in _images(batches):
-                feats = self.backbone(images).flatten(2).transpose(1, 2)  # (N, HW, D)
+                feats = self.backbone(images.to(device)).flatten(2).transpose(1, 2)  # (N, HW, D)
                 keep = torch.rand(feats.shape[:2], generator=g).argsort(1)[:, :locals_per_image]
                 local.append(feats.gather(1, keep[..., None].expand(-1, -1, feats.shape[2]).to(feats.device)))
             if not local:
@@ -74,7 +75,7 @@ class RetrievalNet(nn.Module):
             self.netvlad.init_from_descriptors(
                 torch.cat(local).flatten(0, 1), max_samples=max_locals, seed=seed
             )
-            vlad = torch.cat([self.vlad(images) for images in _images(batches)])
+            vlad = torch.cat([self.vlad(images.to(device)) for images in _images(batches)])
             self.whitening.init_from_descriptors(vlad)
         finally:
             self.train(was_training)
@@ -101,6 +102,8 @@ def build_retrieval_net(
         raise ModelError(f"unknown retrieval architecture {arch!r}; expected one of {sorted(BACKBONES)}")
     defaults = ARCH_DEFAULTS[arch]
     backbone = BACKBONES[arch](**backbone_kwargs)
-    netvlad = NetVLAD(num_clusters or defaults["num_clusters"], backbone.out_channels)
-    whitening = PCAWhitening(netvlad.out_features, whitening_dim or defaults["whitening_dim"])
+    clusters = defaults["num_clusters"] if num_clusters is None else num_clusters
+    netvlad = NetVLAD(clusters, backbone.out_channels)
+    dim = defaults["whitening_dim"] if whitening_dim is None else whitening_dim
+    whitening = PCAWhitening(netvlad.out_features, dim)
     return RetrievalNet(backbone, netvlad, whitening)

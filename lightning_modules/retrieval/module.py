@@ -38,7 +38,9 @@ class RetrievalModule(pl.LightningModule):
     is added to the triplet loss (descriptor distillation). The teacher is a frozen copy in eval mode.
 
     Validation logs ``val/mAP_easy``, ``val/mAP_medium``, ``val/mAP_hard`` and ``val/mP@k_<protocol>``
-    through ``val_metric`` (default: a :class:`RevisitedMAP` over the datamodule's ``val_data``).
+    through ``val_metric`` (default: a :class:`RevisitedMAP` over the datamodule's ``val_data``); on original
+    Oxford5k / Paris6k ground truth, ``val/mAP_original``. The progress bar shows ``mAP_medium`` (else the
+    first protocol's mAP).
     """
 
     def __init__(
@@ -201,9 +203,9 @@ class RetrievalModule(pl.LightningModule):
         values = self.val_metric.compute()
         self.val_metric.reset()
         # values are identical on all ranks (the metric gathered everything); sync_dist keeps Lightning quiet
-        main = {f"val/{k}": v for k, v in values.items() if k == "mAP_medium"}
-        self.log_dict(main, prog_bar=True, sync_dist=True)
-        self.log_dict({f"val/{k}": v for k, v in values.items() if k != "mAP_medium"}, sync_dist=True)
+        shown = "mAP_medium" if "mAP_medium" in values else next(k for k in values if k.startswith("mAP_"))
+        self.log_dict({f"val/{shown}": values[shown]}, prog_bar=True, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k != shown}, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         """Adam; with ``cosine_schedule`` the rate decays to 0 over ``trainer.max_epochs`` (per epoch)."""

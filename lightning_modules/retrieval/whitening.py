@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -15,6 +17,13 @@ class PCAWhitening(nn.Linear):
     this stays an ``nn.Linear`` that compression and export treat like any other.
     """
 
+    def __init__(self, in_features: int, out_features: int, **kwargs: Any) -> None:
+        if not 0 < out_features <= in_features:
+            raise ModelError(
+                f"PCAWhitening: out_features must be in [1, in_features={in_features}], got {out_features}"
+            )
+        super().__init__(in_features, out_features, **kwargs)
+
     @torch.no_grad()
     def init_from_descriptors(self, descriptors: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         """Fit on ``(N, in_features)`` descriptors (``N > out_features``); returns the kept eigenvalues.
@@ -25,6 +34,8 @@ class PCAWhitening(nn.Linear):
             raise ModelError(
                 f"PCAWhitening expects (N, {self.in_features}) descriptors, got {tuple(descriptors.shape)}"
             )
+        if not bool(torch.isfinite(descriptors).all()):
+            raise ModelError("PCAWhitening: the descriptors contain NaN or Inf")
         n = descriptors.shape[0]
         if n <= self.out_features:
             raise ModelError(

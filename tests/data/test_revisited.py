@@ -20,6 +20,9 @@ from lightning_modules.data.revisited import (
     TrainingTuples,
     load_revisited,
 )
+from lightning_modules.metrics.retrieval import RevisitedMAP
+from lightning_modules.retrieval.evaluation import evaluate
+from lightning_modules.retrieval.model import build_retrieval_net
 from nncf_ext.errors import DataError
 
 TINY = SynthConfig(
@@ -114,6 +117,25 @@ def test_missing_and_malformed_files_are_named(dataset: tuple[Path, RenderedPlac
         pickle.dump(raw, f)
     with pytest.raises(DataError, match=r"gnd_broken\.pkl: gnd\[1\]\['hard'\] has an index outside imlist"):
         load_revisited(broken)
+    good = raw["gnd"][1]
+    for entry, message in (
+        (
+            {**good, "hard": [1.9, 2.7]},
+            r"gnd\[1\]\['hard'\] must hold integer image indices",
+        ),  # not truncated
+        ({**good, "hard": [1.0, 2.0]}, None),  # whole floats are indices
+        ({**good, "bbx": [0, 0, float("nan"), 10]}, r"gnd\[1\]\['bbx'\] must have 4 finite numbers"),
+        ({**good, "bbx": ["a", 0, 1, 2]}, r"gnd\[1\]\['bbx'\] is not numeric"),
+        (None, r"gnd\[1\] must be a dict, got NoneType"),
+    ):
+        raw["gnd"][1] = entry
+        with open(broken / "gnd_broken.pkl", "wb") as f:
+            pickle.dump(raw, f)
+        if message is None:
+            assert load_revisited(broken).gnd[1]["hard"] == [1, 2]
+        else:
+            with pytest.raises(DataError, match=message):
+                load_revisited(broken)
 
 
 def test_decoded_images_are_cached_when_they_fit(
@@ -152,9 +174,12 @@ def test_original_oxford5k_ground_truth_loads_and_scores_with_the_original_proto
     assert data.gnd[1]["ok"] == raw["gnd"][1]["ok"] and data.gnd[1]["junk"] == raw["gnd"][1]["junk"]
     db = torch.eye(data.num_database)
     q = torch.stack([db[e["ok"]].sum(0) for e in data.gnd])  # every query closest to its own place
-    assert revisited_map(q, db, data.gnd, protocols=("original",))["mAP_original"].item() == pytest.approx(
-        1.0
-    )
+    scores = revisited_map(q, db, data.gnd)  # the protocol follows the ground truth
+    assert list(scores) == ["mAP_original", "mP@1_original", "mP@5_original", "mP@10_original"]
+    assert scores["mAP_original"].item() == pytest.approx(1.0)
+    assert RevisitedMAP(data.gnd, data.num_database).protocols == ("original",)
+    net = build_retrieval_net("small", widths=(4, 4, 4, 4), num_clusters=2, whitening_dim=4)
+    assert set(evaluate(net, data, 32)) == set(scores)  # evaluate() and validation score it too
     tuples = TrainingTuples(data, image_size=32, num_negatives=3, seed=0)
     assert len(tuples) > 0
     raw["gnd"][0].pop("ok")

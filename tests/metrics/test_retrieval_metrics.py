@@ -185,6 +185,13 @@ def test_metric_refuses_partial_data_and_bad_ground_truth() -> None:
         RevisitedMAP([{"easy": [25], "hard": [], "junk": []}], num_database=20)
     with pytest.raises(ValueError, match="NaN"):
         metric.update(torch.full((1, 4), float("nan")), torch.tensor([0]), True)
+    # arguments are checked when the metric is built, not at the end of an epoch
+    with pytest.raises(ValueError, match="ks must be a sequence of positive integers"):
+        RevisitedMAP(gnd, num_database=20, ks=(0,))
+    with pytest.raises(ValueError, match="not a string"):
+        RevisitedMAP(gnd, num_database=20, protocols="medium")
+    with pytest.raises(ValueError, match=r"gnd\[0\]\['easy'\] must hold integer image indices"):
+        RevisitedMAP([{"easy": [1.5], "hard": [], "junk": []}], num_database=20)  # never truncated to 1
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: dict) -> None:

@@ -49,3 +49,7 @@ def test_bad_arguments_are_named() -> None:
     model = build_retrieval_net("small", widths=(8,), num_clusters=2, whitening_dim=4)
     with pytest.raises(ModelError, match="whitening takes 32 inputs, NetVLAD gives 16"):
         RetrievalNet(model.backbone, model.netvlad, type(model.whitening)(32, 4))
+    with pytest.raises(ModelError, match="num_clusters and dim must be positive, got 0"):
+        build_retrieval_net("small", widths=(8,), num_clusters=0)  # 0 is not "the default"
+    with pytest.raises(ModelError, match=r"out_features must be in \[1, in_features=16\], got 32"):
+        build_retrieval_net("small", widths=(8,), num_clusters=2, whitening_dim=32)

@@ -34,3 +34,7 @@ def test_needs_more_descriptors_than_dimensions() -> None:
         PCAWhitening(12, 6).init_from_descriptors(correlated(n=6))
     with pytest.raises(ModelError, match="span only 3 dimensions"):
         PCAWhitening(12, 6).init_from_descriptors(correlated()[:, :3].repeat(1, 4))
+    with pytest.raises(ModelError, match="NaN or Inf"):
+        PCAWhitening(12, 6).init_from_descriptors(correlated().index_fill(0, torch.tensor([3]), float("nan")))
+    with pytest.raises(ModelError, match=r"out_features must be in \[1, in_features=12\], got 16"):
+        PCAWhitening(12, 16)  # whitening cannot add dimensions
