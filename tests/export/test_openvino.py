@@ -267,6 +267,25 @@ def test_a_stripped_model_with_activation_quantizers_exports_again(
     assert result.parity is not None and result.parity.max_rel < 1e-5
 
 
+def test_benchmark_fp32_baseline_has_no_fake_quantize(tmp_path: Path, example_input: torch.Tensor) -> None:
+    """The FP32 rows time a float model: the compressed model's activation quantizers are not in it."""
+    from nncf_ext.export.benchmark import _timing, benchmark_model
+
+    model, _ = compressed(CASES["int8-acts"][0], example_input)
+    timings = benchmark_model(model, example_input, tmp_path, batch_sizes=(1,), warmup=0, repeats=2)
+    assert [t.variant for t in timings] == ["torch eager fp32", "openvino fp32 IR", "openvino compressed IR"]
+
+    def fake_quantizes(xml: str) -> int:
+        ops = ov.Core().read_model(str(tmp_path / xml)).get_ops()
+        return sum(op.get_type_name() == "FakeQuantize" for op in ops)
+
+    assert fake_quantizes("fp32.xml") == 0 < fake_quantizes("compressed.xml")
+    # p90 is a nearest rank: with 2 or 5 calls it is the slowest, never the fastest
+    assert _timing("x", 1, [3.0, 1.0], None).p90_ms == 3.0
+    assert _timing("x", 1, [1.0, 2.0, 3.0, 4.0, 5.0], None).p90_ms == 5.0
+    assert _timing("x", 1, [float(i) for i in range(1, 21)], None).p90_ms == 18.0
+
+
 def test_a_bin_in_the_way_writes_nothing(tmp_path: Path, example_input: torch.Tensor) -> None:
     model, _ = compressed([PRUNE], example_input)
     (tmp_path / "m.bin").mkdir()
