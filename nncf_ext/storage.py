@@ -79,6 +79,23 @@ def _cluster_codebook(effective: torch.Tensor, index: torch.Tensor, k: int) -> t
     return codebook if torch.equal(codebook[flat_index], flat) else None
 
 
+@torch.no_grad()
+def int_values(
+    quantizer: BaseQuantizer, codes: torch.Tensor, positions: torch.Tensor, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """The float32 values ``quantizer`` gives the integer ``codes`` at flat ``positions`` of a weight of
+    ``shape`` (per-channel ranges along its first axis): each code's bin centre, passed through the quantizer,
+    so that the value is exactly the one the model computed (float32 models)."""
+    low, high = quantizer.get_input_low_input_high()
+    step = ((high - low) / (quantizer.level_high - quantizer.level_low)).reshape(-1).float()
+    low = low.reshape(-1).float()
+    numel = int(np.prod(shape))
+    channel = positions // (numel // low.numel())
+    x = torch.zeros(numel)
+    x[positions] = low[channel] + codes.float() * step[channel]
+    return quantizer.quantize(x.reshape(shape)).reshape(-1)[positions]
+
+
 def _int_storage(quantizer: BaseQuantizer, effective: torch.Tensor) -> WeightStorage:
     codes, zero_code = quantizer_codes(quantizer, effective)
     input_low, input_high = quantizer.get_input_low_input_high()
@@ -123,8 +140,13 @@ def weight_storage(
             shared = hook
         elif isinstance(hook, BaseQuantizer) and hook.is_enabled_quantization():
             quantizer = hook
-    if quantizer is not None and (prefer == "int" or shared is None):
-        return effective, _int_storage(quantizer, effective)
+    # integer levels only where they give back every value exactly: a codebook applied after the
+    # quantizer, or arithmetic in another dtype than float32, moves values off the quantizer's grid
+    int_storage = _int_storage(quantizer, effective) if quantizer is not None else None
+    if int_storage is not None and not _exact(int_storage, effective):
+        int_storage = None
+    if int_storage is not None and (prefer == "int" or shared is None):
+        return effective, int_storage
     if shared is not None:
         index = shared.value_codes()
         assert index is not None
@@ -135,9 +157,17 @@ def weight_storage(
             zero_code = int(zeros[0]) if zeros.numel() else None
             bits = max(int(k - 1).bit_length(), 1)
             return effective, WeightStorage("codebook", bits, index.long(), k, zero_code, codebook=codebook)
-        if quantizer is not None:
-            return effective, _int_storage(quantizer, effective)
+        if int_storage is not None:
+            return effective, int_storage
     return effective, WeightStorage("float", effective.element_size() * 8)
+
+
+def _exact(storage: WeightStorage, effective: torch.Tensor) -> bool:
+    assert storage.quantizer is not None and storage.codes is not None
+    flat = effective.reshape(-1)
+    positions = torch.arange(flat.numel())
+    decoded = int_values(storage.quantizer, storage.codes.reshape(-1), positions, tuple(effective.shape))
+    return torch.equal(decoded.to(flat.dtype), flat)
 
 
 # -- positions -------------------------------------------------------------------------------------------

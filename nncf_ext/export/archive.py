@@ -37,6 +37,7 @@ from nncf_ext.model import get_weight
 from nncf_ext.serialization import ALLOWED_MODULES, _plain, _tuples
 from nncf_ext.storage import (
     WeightStorage,
+    int_values,
     layer_streams,
     positions_from_codes,
     raw_array,
@@ -45,8 +46,9 @@ from nncf_ext.storage import (
 )
 
 MAGIC = b"NNCFEXT-DC\x00\x01"
-# 2: raw weight streams in the weight's dtype (1 wrote them as float32 whatever the dtype); both are read
-FORMAT = 2
+# 2: raw weight streams in the weight's dtype (1 wrote them as float32 whatever the dtype);
+# 3: tied tensors as {"name", "alias_of"} entries, codebooks in the weight's dtype. All three are read.
+FORMAT = 3
 
 
 # -- bit packing -----------------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ def _write_values(blobs: _Blobs, storage: WeightStorage, name: str) -> dict[str,
     entry: dict[str, Any] = {"kind": storage.kind, "bits": storage.bits, "alphabet": storage.alphabet}
     if storage.kind == "codebook":
         assert storage.codebook is not None
-        entry["codebook"] = _tensor_blob(blobs, storage.codebook.float(), f"{name} codebook")
+        entry["codebook"] = _tensor_blob(blobs, storage.codebook, f"{name} codebook")  # the weight's dtype
     elif storage.kind == "int":
         quantizer = storage.quantizer
         assert quantizer is not None
@@ -163,6 +165,17 @@ def _write_values(blobs: _Blobs, storage: WeightStorage, name: str) -> dict[str,
             "state": {k: _tensor_blob(blobs, v, f"{name} {k}") for k, v in quantizer.state_dict().items()},
         }
     return entry
+
+
+def _identity(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Equal for two names of the same tensor (same memory, shape, strides and dtype)."""
+    return (
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tuple(tensor.stride()),
+        tensor.dtype,
+    )
 
 
 @dataclass
@@ -196,11 +209,21 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
                 "streams": [_write_stream(blobs, s) for s in layer_streams(effective, storage, layout)],
             }
         )
-    for name, tensor in model.state_dict().items():
+    # a tensor the state dict lists under several names (tied weights) is stored once, the other names as
+    # aliases, so a tied copy can neither cost its bytes again nor overwrite a compressed weight on loading
+    stored = {_identity(get_weight(model, name)): name for name in compressed}
+    for name, tensor in model.state_dict(keep_vars=True).items():
         if name in compressed or name.startswith(ATR_HOOK_STORAGE + ".") or f".{ATR_HOOK_STORAGE}." in name:
             continue
-        tensors.append({"name": name, "raw": _tensor_blob(blobs, tensor, name)})
+        key = _identity(tensor)
+        if key in stored:
+            tensors.append({"name": name, "alias_of": stored[key]})
+            continue
+        stored[key] = name
+        tensors.append({"name": name, "raw": _tensor_blob(blobs, tensor.detach(), name)})
     header = zlib.compress(json.dumps({"format": FORMAT, "block": BLOCK, "tensors": tensors}).encode(), 9)
+    if path.is_dir():
+        raise ExportError(f"cannot write the archive {path}: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -215,6 +238,8 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; an archive is an ordinary file
         os.replace(tmp, path)
+    except OSError as e:
+        raise ExportError(f"cannot write the archive {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -273,18 +298,10 @@ def _decode_values(
         )
     except Exception as e:
         raise CheckpointError(f"archive quantizer: {e}") from None
-    assert isinstance(quantizer, BaseQuantizer)
+    if not isinstance(quantizer, BaseQuantizer):
+        raise CheckpointError(f"archive quantizer: {q['module_cls_name']!r} is not a quantizer")
     quantizer.load_state_dict({k: payload.tensor(ref) for k, ref in q["state"].items()})
-    with torch.no_grad():
-        low, high = quantizer.get_input_low_input_high()
-        step = ((high - low) / (quantizer.level_high - quantizer.level_low)).reshape(-1)
-        low = low.reshape(-1)
-        numel = int(np.prod(shape))
-        channel = positions // (numel // low.numel())
-        # the centre of each code's bin goes through the quantizer to exactly the value the model used
-        x = torch.zeros(numel)
-        x[positions] = low[channel] + codes.float() * step[channel]
-        return quantizer.quantize(x.reshape(shape)).reshape(-1)[positions]
+    return int_values(quantizer, codes, positions, shape)
 
 
 def _read_weight(payload: _Payload, t: dict[str, Any], version: int) -> torch.Tensor:
@@ -316,7 +333,10 @@ def _read_weight(payload: _Payload, t: dict[str, Any], version: int) -> torch.Te
 
 def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in an archive, with compressed weights reconstructed exactly."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read the archive {path}: {e.strerror or e}") from None
     start = len(MAGIC) + 8
     if not data.startswith(MAGIC):
         raise CheckpointError(f"{path} is not an nncf-ext archive")
@@ -328,15 +348,21 @@ def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
         tensors, version = header["tensors"], header["format"]
     except (zlib.error, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: corrupt archive header ({e})") from None
-    if version not in (1, FORMAT):
+    if version not in (1, 2, FORMAT):
         raise CheckpointError(
             f"{path}: archive format {version!r}; this nncf-ext reads formats 1 to {FORMAT} (a newer writer?)"
         )
+    if not isinstance(tensors, list):
+        raise CheckpointError(f"{path}: corrupt archive header ('tensors' is not a list)")
     payload = _Payload(memoryview(data)[start + length :])
     state: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
     for t in tensors:
         name = str(t.get("name")) if isinstance(t, dict) else "?"
         try:
+            if "alias_of" in t:
+                aliases[name] = str(t["alias_of"])
+                continue
             state[name] = payload.tensor(t["raw"]) if "raw" in t else _read_weight(payload, t, version)
         except CheckpointError as e:
             raise CheckpointError(f"{path}: tensor '{name}': {e}") from None
@@ -344,6 +370,10 @@ def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path}: tensor '{name}': malformed entry ({type(e).__name__}: {e})"
             ) from None
+    for name, target in aliases.items():
+        if target not in state:
+            raise CheckpointError(f"{path}: tensor '{name}' is an alias of '{target}', which is not stored")
+        state[name] = state[target]
     if payload.end != len(payload.data):
         raise CheckpointError(f"{path}: {len(payload.data) - payload.end} bytes after the last tensor's data")
     return state

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nncf_ext
-from nncf_ext.errors import CheckpointError
+from nncf_ext.errors import CheckpointError, ExportError
 from nncf_ext.export.archive import MAGIC, pack_fixed, unpack_fixed
 from nncf_ext.hooks import effective_weight, weight_hooks
 from tests.conftest import TinyNet
@@ -216,11 +216,119 @@ def test_an_archive_of_an_unknown_format_is_refused(tmp_path: Path, example_inpu
     nncf_ext.save_archive(model, tmp_path / "m.dca")
 
     def next_format(header: dict[str, Any]) -> None:
-        assert header["format"] == 2
-        header["format"] = 3
+        assert header["format"] == 3
+        header["format"] = 4
 
     _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", next_format)
     with pytest.raises(
-        CheckpointError, match=r"t\.dca: archive format 3; this nncf-ext reads formats 1 to 2"
+        CheckpointError, match=r"t\.dca: archive format 4; this nncf-ext reads formats 1 to 3"
     ):
+        nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+class Tied(torch.nn.Module):
+    """An embedding tied to the output layer, as in language models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(16, 8)
+        self.head = torch.nn.Linear(8, 16, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(x).mean(1))
+
+
+def test_a_tied_weight_is_stored_once_and_loads_compressed(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = Tied(), torch.randint(0, 16, (2, 5))
+    config = {"compression": [{"algorithm": "kmeans_quantization", "bits": 2, "preserve_sparsity": False}]}
+    nncf_ext.create_compression(model, config, x)
+    assert list(weight_hooks(model)) == ["emb.weight"]
+    info = nncf_ext.save_archive(model, tmp_path / "m.dca")
+    state = nncf_ext.load_archive(tmp_path / "m.dca")
+    assert state["head.weight"] is state["emb.weight"] and state["emb.weight"].unique().numel() == 4
+    plain = Tied()
+    plain.load_state_dict(state)  # the alias no longer overwrites the compressed weight with the float one
+    model.eval()
+    assert torch.equal(plain(x), model(x))
+    assert info.nbytes < info.header_bytes + 16 * 8  # not even one float copy of the 16 x 8 table
+
+    def lose_target(header: dict[str, Any]) -> None:
+        header["tensors"] = [t for t in header["tensors"] if t["name"] != "emb.weight"]
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", lose_target)
+    with pytest.raises(
+        CheckpointError, match=r"'head\.weight' is an alias of 'emb\.weight', which is not stored"
+    ):
+        nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_integer_and_codebook_weights_of_any_dtype_round_trip_exactly(
+    dtype: torch.dtype, tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    """int levels are kept only where they give back the model's values (float32 arithmetic); codebooks are
+    stored in the weight's dtype (a float64 codebook is not rounded to float32)."""
+    for entry in (
+        {"algorithm": "uniform_quantization", "weights": {"bits": 8, "init": "minmax"}},
+        {"algorithm": "kmeans_quantization", "bits": 4},
+    ):
+        torch.manual_seed(0)
+        model = TinyNet().to(dtype)
+        nncf_ext.create_compression(model, {"compression": [entry]}, example_input.to(dtype))
+        if dtype == torch.float64 and entry["algorithm"] == "kmeans_quantization":
+            with torch.no_grad():  # centroids with float64 digits
+                for hook in (h for hooks in weight_hooks(model).values() for h in hooks):
+                    hook.codebook.data = hook.codebook.double() + 1e-12
+        nncf_ext.save_archive(model, tmp_path / "m.dca")
+        state = nncf_ext.load_archive(tmp_path / "m.dca")
+        for name, value in _stored_tensors(model).items():
+            assert state[name].dtype == value.dtype and torch.equal(state[name], value), (entry, name)
+
+
+def test_a_quantizer_before_a_codebook_stores_the_codebook(example_input: torch.Tensor) -> None:
+    """Codebook values lie off the quantizer's grid: integer codes would change them, in the IR too."""
+    from nncf_ext.model import get_weight
+    from nncf_ext.storage import weight_storage
+
+    model, _ = compressed(
+        [
+            {"algorithm": "uniform_quantization", "weights": {"bits": 8}},
+            {"algorithm": "kmeans_quantization", "bits": 4},
+        ],
+        example_input,
+    )
+    for name, hooks in weight_hooks(model).items():
+        for prefer in ("int", "compact"):
+            effective, storage = weight_storage(hooks, get_weight(model, name), prefer=prefer)
+            assert storage.kind == "codebook", (name, prefer)
+            assert storage.codebook is not None and storage.codes is not None
+            assert torch.equal(storage.codebook[storage.codes].reshape(effective.shape), effective)
+
+
+def test_bad_paths_and_headers_are_named(tmp_path: Path, example_input: torch.Tensor) -> None:
+    model, _ = compressed(CASES["int8-sym"][0], example_input)
+    (tmp_path / "d.dca").mkdir()
+    with pytest.raises(ExportError, match=r"d\.dca: it is a directory"):
+        nncf_ext.save_archive(model, tmp_path / "d.dca")
+    with pytest.raises(CheckpointError, match=r"cannot read the archive .*missing\.dca"):
+        nncf_ext.load_archive(tmp_path / "missing.dca")
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+
+    def not_a_list(header: dict[str, Any]) -> None:
+        header["tensors"] = 5
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", not_a_list)
+    with pytest.raises(CheckpointError, match="'tensors' is not a list"):
+        nncf_ext.load_archive(tmp_path / "t.dca")
+
+    def pruning_mask_as_quantizer(header: dict[str, Any]) -> None:
+        quantizer = next(t for t in header["tensors"] if "values" in t)["values"]["quantizer"]
+        quantizer["module_path"] = "nncf_ext.algorithms.threshold_pruning.modules"
+        quantizer["module_cls_name"] = "ThresholdPruningMask"
+        quantizer["module_config"] = {"shape": [4, 8]}
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", pruning_mask_as_quantizer)
+    with pytest.raises(CheckpointError, match="'ThresholdPruningMask' is not a quantizer"):
         nncf_ext.load_archive(tmp_path / "t.dca")
