@@ -48,13 +48,14 @@ class WeightStorage:
     quantizer: BaseQuantizer | None = None  # int: the NNCF quantizer whose levels the codes are
 
     def metadata_bits(self, codebook_bits: int = 32) -> int:
-        """Codebook entries (``codebook_bits`` each) or the quantizer's fp32 ranges (per channel)."""
+        """Codebook entries (``codebook_bits`` each) or the quantizer's state as an archive stores it: its
+        fp32 ranges (per channel) and its small integer buffers (``num_bits``, ``enabled``, ...)."""
         if self.kind == "codebook":
             assert self.codebook is not None
             return self.codebook.numel() * codebook_bits
         if self.kind == "int":
             assert self.quantizer is not None
-            return sum(p.numel() * 32 for p in self.quantizer.parameters() if p.dtype.is_floating_point)
+            return sum(t.numel() * t.element_size() * 8 for t in self.quantizer.state_dict().values())
         return 0
 
 
@@ -140,10 +141,11 @@ def weight_storage(
             shared = hook
         elif isinstance(hook, BaseQuantizer) and hook.is_enabled_quantization():
             quantizer = hook
-    # integer levels only where they give back every value exactly: a codebook applied after the
-    # quantizer, or arithmetic in another dtype than float32, moves values off the quantizer's grid
+    # integer levels only where they give back the values: a codebook applied after the quantizer moves
+    # them off its grid. Archives and statistics need them exactly (a model computing in float16 / bfloat16 /
+    # float64 rounds them differently: stored as floats); an IR (float32) within 1% of a step.
     int_storage = _int_storage(quantizer, effective) if quantizer is not None else None
-    if int_storage is not None and not _exact(int_storage, effective):
+    if int_storage is not None and not _on_grid(int_storage, effective, exact=prefer != "int"):
         int_storage = None
     if int_storage is not None and (prefer == "int" or shared is None):
         return effective, int_storage
@@ -162,12 +164,21 @@ def weight_storage(
     return effective, WeightStorage("float", effective.element_size() * 8)
 
 
-def _exact(storage: WeightStorage, effective: torch.Tensor) -> bool:
-    assert storage.quantizer is not None and storage.codes is not None
+def _on_grid(storage: WeightStorage, effective: torch.Tensor, exact: bool) -> bool:
+    """Whether the int codes give back ``effective``: exactly, or within 1% of a step (and dtype rounding)."""
+    assert storage.quantizer is not None and storage.codes is not None and storage.scale is not None
     flat = effective.reshape(-1)
     positions = torch.arange(flat.numel())
     decoded = int_values(storage.quantizer, storage.codes.reshape(-1), positions, tuple(effective.shape))
-    return torch.equal(decoded.to(flat.dtype), flat)
+    if exact:
+        return torch.equal(decoded.to(flat.dtype), flat)
+    if not flat.numel():
+        return True
+    step = storage.scale.reshape(-1, 1).float()
+    value = flat.float().reshape(step.shape[0], -1)
+    # 1% of a step, plus the rounding of the model's dtype (a float16 weight is off by up to half its ulp)
+    tolerance = 0.01 * step + value.abs() * torch.finfo(flat.dtype).eps
+    return bool(((decoded.reshape(value.shape) - value).abs() <= tolerance).all())
 
 
 # -- positions -------------------------------------------------------------------------------------------

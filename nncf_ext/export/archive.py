@@ -3,7 +3,8 @@
 Every compressed weight is written as its symbol streams (relative indices of the non-zeros, value codes),
 each Huffman coded where that is smaller than fixed width, plus its codebook or quantizer ranges; all other
 parameters and buffers are written raw. ``load_archive`` returns the state dict of the uncompressed
-architecture, with every weight bit-identical to what the compressed model computes with::
+architecture, with every weight equal to what the compressed model computes with (bit for bit, but for the
+sign of zero: a quantizer's ``-0.0`` comes back as ``0.0``)::
 
     nncf_ext.save_archive(compressed_model, "model.dca")
     plain_model.load_state_dict(nncf_ext.load_archive("model.dca"))

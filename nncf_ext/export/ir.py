@@ -218,6 +218,8 @@ def compress_weights(
             node = opset.multiply(
                 node, opset.constant(scale, name=f"{name}/folded_scale"), name=f"{name}/folded"
             )
+        if node.get_output_element_type(0) != source.get_element_type():  # an f16 / f64 / bf16 model
+            node = opset.convert(node, source.get_element_type(), name=f"{name}/to_model_type")
         for target in list(source.output(0).get_target_inputs()):
             target.replace_source_output(node.output(0))
         stored[name] = element_type.get_type_name()

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import openvino as ov
+import torch
 from torch import nn
 
 from nncf_ext.errors import ExportError
 from nncf_ext.export.ir import compress_weights, float_constants_to_fp16
-from nncf_ext.export.parity import ParityReport, check_parity, parity_inputs
+from nncf_ext.export.parity import ParityReport, check_parity, parity_inputs, to_numpy
 from nncf_ext.export.strip import strip_for_export
 from nncf_ext.model import check_example_input, get_weight
 
@@ -49,8 +50,8 @@ def exact_config(precision: str = "f32") -> dict[str, Any]:
 
 def _target(path: str | Path) -> Path:
     xml = Path(path)
-    if xml.suffix != ".xml":
-        xml = xml.with_suffix(".xml")
+    if xml.suffix != ".xml":  # "resnet50.int8" -> "resnet50.int8.xml", not "resnet50.xml"
+        xml = xml.with_name(xml.name + ".xml")
     if xml.is_dir():
         raise ExportError(f"{xml} is a directory; give the path of the .xml file to write")
     if xml.with_suffix(".bin").is_dir():
@@ -87,6 +88,16 @@ def _move_into_place(tmp_xml: Path, xml: Path) -> None:
         raise ExportError(f"cannot write {e.filename2 or e.filename or xml}: {e.strerror}") from None
 
 
+def _tensors(example: Any) -> list[torch.Tensor]:
+    if isinstance(example, torch.Tensor):
+        return [example]
+    if isinstance(example, dict):
+        return [t for v in example.values() for t in _tensors(v)]
+    if isinstance(example, list | tuple):
+        return [t for v in example for t in _tensors(v)]
+    return []
+
+
 def convert(model: nn.Module, example_input: Any, fp16: bool = False) -> tuple[ov.Model, dict[str, str]]:
     """Strip, convert and compress the weights, without writing anything.
 
@@ -94,12 +105,19 @@ def convert(model: nn.Module, example_input: Any, fp16: bool = False) -> tuple[o
     and the element type each compressed weight is stored in.
     """
     check_example_input(model, example_input)
+    tensors = [*model.parameters(), *model.buffers(), *_tensors(example_input)]
+    if any(t.dtype == torch.bfloat16 for t in tensors):
+        raise ExportError(
+            "a bfloat16 model or input cannot be exported (OpenVINO's numpy interface has no bfloat16): "
+            "export model.float() with float32 inputs; the IR runs in bf16 where the CPU has it "
+            "(INFERENCE_PRECISION_HINT)"
+        )
     stripped, storages = strip_for_export(model, example_input)
     try:
         ov_model = ov.convert_model(stripped, example_input=example_input)
     except Exception as e:
         raise ExportError(f"ov.convert_model failed: {type(e).__name__}: {e}") from e
-    effective = {name: get_weight(stripped, name).detach().numpy() for name in storages}
+    effective = {name: to_numpy(get_weight(stripped, name)) for name in storages}
     stored = compress_weights(ov_model, storages, effective, fp16_codebooks=fp16)
     if fp16:
         float_constants_to_fp16(ov_model)

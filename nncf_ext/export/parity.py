@@ -40,13 +40,19 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
 def to_numpy_inputs(example: Any) -> list[np.ndarray] | dict[str, np.ndarray]:
     """Inputs for a compiled IR: positional, or by name for a dict (``ov.convert_model`` names them so)."""
     if isinstance(example, dict):
-        return {k: t.detach().cpu().numpy() for k, t in example.items()}
-    return [t.detach().cpu().numpy() for t in _as_tuple(example)]
+        return {k: to_numpy(t) for k, t in example.items()}
+    return [to_numpy(t) for t in _as_tuple(example)]
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` as numpy; bfloat16, which numpy lacks, as float32 (every bfloat16 value is a float32 one)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _flatten(output: Any) -> list[np.ndarray]:
     if isinstance(output, torch.Tensor):
-        return [output.detach().cpu().numpy()]
+        return [to_numpy(output)]
     if isinstance(output, (tuple, list)):
         return [a for o in output for a in _flatten(o)]
     if isinstance(output, dict):
@@ -58,7 +64,8 @@ def _random_like(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Gaussian noise of ``t``'s shape, mean and spread (unit spread if ``t`` has none, e.g. one element)."""
     std = float(t.float().std()) if t.numel() > 1 else 0.0
     mean = float(t.float().mean()) if t.numel() else 0.0
-    return torch.randn(t.shape, generator=g) * (std if math.isfinite(std) and std > 0 else 1.0) + mean
+    noise = torch.randn(t.shape, generator=g) * (std if math.isfinite(std) and std > 0 else 1.0) + mean
+    return noise.to(t.dtype)  # the model's input dtype (a float16 model takes float16 inputs)
 
 
 def parity_inputs(example: Any, count: int = 4, seed: int = 0) -> list[Any]:
@@ -86,6 +93,8 @@ def check_parity(
     raise_on_failure: bool = True,
 ) -> ParityReport:
     """Run both models on ``inputs``; relative error = max |ov - torch| / max |torch| per output."""
+    if not inputs:
+        raise ParityError("check_parity needs at least one input")
     worst_abs = worst_rel = 0.0
     per_output: list[dict[str, float]] = []
     with frozen_state(model):

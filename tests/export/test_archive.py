@@ -28,12 +28,13 @@ def test_round_trip_is_bit_exact(case: str, tmp_path: Path, example_input: torch
     for name, value in expected.items():
         target = effective_weight(model, name, value) if name in hooked else value
         assert torch.equal(state[name], target), name
-    # the archive is what the statistics predicted, plus its header, buffers and byte alignment
+    # the archive is what the statistics predicted (quantizer states included), plus its header, buffers and
+    # byte alignment
     stats = pipeline.statistics()
     buffers = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if "__nncf_hooks" not in n)
     streams = sum(2 if layer.format == "csr" else 1 for layer in stats.layers)
     payload = info.nbytes - info.header_bytes - buffers
-    assert stats.huffman_bytes <= payload <= stats.huffman_bytes + 3 * streams + 64
+    assert stats.huffman_bytes <= payload <= stats.huffman_bytes + 3 * streams  # byte alignment only
 
 
 def test_archive_loads_into_the_plain_architecture(tmp_path: Path, example_input: torch.Tensor) -> None:

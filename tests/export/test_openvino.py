@@ -157,6 +157,34 @@ def test_unwritable_path_and_rejected_input(tmp_path: Path, example_input: torch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+@pytest.mark.parametrize("case", ["kmeans4", "int8-sym"])
+def test_float16_and_float64_models_export_compressed(
+    case: str, dtype: torch.dtype, tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    """The decompression subgraph (f32) is converted to the model's element type."""
+    torch.manual_seed(0)
+    model = TinyNet().to(dtype)
+    nncf_ext.create_compression(model, {"compression": CASES[case][0]}, example_input.to(dtype))
+    result = nncf_ext.export_openvino(model, example_input.to(dtype), tmp_path / "m.xml")
+    assert set(result.weights.values()) == CASES[case][1]
+    assert result.parity is not None and result.parity.ok
+
+
+def test_bfloat16_models_are_refused_and_dotted_names_kept(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    model, _ = compressed([PRUNE], example_input)
+    with pytest.raises(ExportError, match=r"bfloat16 model or input cannot be exported.*model\.float\(\)"):
+        nncf_ext.export_openvino(model.to(torch.bfloat16), example_input.bfloat16(), tmp_path / "m.xml")
+    assert list(tmp_path.iterdir()) == []
+    model.float()
+    for name in ("resnet.int8", "resnet.fp32"):  # two names, two IRs: the last dotted part is not a suffix
+        result = nncf_ext.export_openvino(model, example_input, tmp_path / name)
+        assert result.xml_path.name == f"{name}.xml" and result.bin_path.name == f"{name}.bin"
+    assert len(list(tmp_path.iterdir())) == 4
+
+
 def test_uncompressed_model_exports_too(tmp_path: Path, example_input: torch.Tensor) -> None:
     torch.manual_seed(0)
     model = TinyNet()

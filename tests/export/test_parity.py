@@ -33,3 +33,11 @@ def test_parity_inputs_of_a_single_element_are_finite() -> None:
     assert len({float(x) for x in inputs}) == 4  # random inputs, not copies
     one, empty = parity_inputs((torch.tensor([2.0]), torch.zeros(0)))[1]
     assert torch.isfinite(one).all() and empty.shape == (0,)
+
+
+def test_parity_needs_inputs_and_keeps_their_dtype() -> None:
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ParityError, match="at least one input"):
+        check_parity(model, ConstantIR(1e6), [])  # would otherwise pass having compared nothing
+    inputs = parity_inputs(torch.randn(2, 4).half())
+    assert [x.dtype for x in inputs] == [torch.float16] * 4  # a float16 model gets float16 inputs
