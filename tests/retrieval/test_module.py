@@ -49,6 +49,26 @@ def trainer(**kwargs: object) -> pl.Trainer:
     return pl.Trainer(**options)  # type: ignore[arg-type]
 
 
+def test_validation_on_original_oxford5k_ground_truth(tiny_root: Path, tmp_path: Path) -> None:
+    """cirtorch's Oxford5k / Paris6k files (``ok`` + ``junk``) validate with the original protocol."""
+    import pickle
+
+    with open(tiny_root / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    raw["gnd"] = [{"bbx": e["bbx"], "ok": e["easy"] + e["hard"], "junk": e["junk"]} for e in raw["gnd"]]
+    (tmp_path / "jpg").symlink_to(tiny_root / "jpg")
+    with open(tmp_path / "gnd_oxford5k.pkl", "wb") as f:
+        pickle.dump(raw, f)
+    _, model = tiny_setup(tiny_root)
+    dm = RetrievalDataModule(tiny_root, tmp_path, image_size=SIZE, batch_size=8, num_negatives=2)
+    t = trainer(max_epochs=1)
+    t.validate(RetrievalModule(model), datamodule=dm)
+    expected = evaluate(model, dm.val_data, SIZE)
+    assert set(expected) == {"mAP_original", "mP@1_original", "mP@5_original", "mP@10_original"}
+    assert t.callback_metrics["val/mAP_original"].item() == pytest.approx(expected["mAP_original"], abs=1e-6)
+    assert list(t.progress_bar_metrics) == ["val/mAP_original"]  # the progress bar shows its mAP
+
+
 @pytest.mark.parametrize(("batch_negatives", "gain"), [(False, 0.05), (True, 0.15)])
 def test_two_epochs_raise_map(tiny_root: Path, batch_negatives: bool, gain: float) -> None:
     """Trained and scored on the same tiny dataset: two epochs of triplet training must fit it better."""
