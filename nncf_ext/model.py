@@ -87,6 +87,29 @@ def frozen_state(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def example_like_model(model: nn.Module, example_input: Any) -> Any:
+    """``example_input`` with its floating-point tensors on the device and in the dtype of the model's
+    parameters, which may have moved since it was given (Lightning moves and casts the model after the
+    compression was created)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return example_input
+
+    def move(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        if isinstance(x, tuple):
+            items = [move(v) for v in x]
+            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)  # a namedtuple keeps its type
+        return x
+
+    return move(example_input)
+
+
 def check_example_input(model: nn.Module, example_input: Any) -> None:
     """Run the model once on ``example_input``, turning a rejection into a clear error."""
     try:

@@ -115,7 +115,7 @@ class CompressionPipeline:
         for i, (algorithm, sub) in enumerate(zip(self.algorithms, algorithms, strict=True)):
             try:
                 algorithm.load_state_dict(sub)
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
                 for done, state_before in zip(self.algorithms[: i + 1], previous, strict=False):
                     done.load_state_dict(state_before)  # all or nothing
                 if isinstance(e, CheckpointError):  # the algorithm's own message says what is wrong

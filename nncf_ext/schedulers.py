@@ -86,6 +86,10 @@ class Schedule(ABC):
     def final_epoch(self) -> int:
         """First epoch from which the value no longer changes."""
 
+    def first_nonzero_from(self, start: int) -> int | None:
+        """The first epoch ``>= start`` with a non-zero value, or None if it is zero from ``start`` on."""
+        return next((e for e in range(start, max(start, self.final_epoch) + 1) if self(e) != 0), None)
+
 
 @dataclass(frozen=True)
 class ConstantSchedule(Schedule):

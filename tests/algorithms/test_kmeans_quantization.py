@@ -291,3 +291,111 @@ def test_reassign_right_after_clustering_changes_nothing_and_never_prunes(
     for name, param in model.named_parameters():
         if name in before:
             assert torch.equal(effective_weight(model, name, param), before[name]), name
+
+
+def test_centroid_gradients_of_a_bfloat16_model_are_summed_in_float32() -> None:
+    """Lightning's bf16-true casts the model after the compression was made: the codebook is bf16 too."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64))
+    wrapper = torch.nn.Module()
+    wrapper.add_module("net", model)
+    wrapper.forward = lambda x: model(x)  # type: ignore[method-assign]
+    x = torch.randn(8, 256)
+    nncf_ext.create_compression(wrapper, kmeans_config(bits=2, preserve_sparsity=False), x)
+    wrapper.to(torch.bfloat16)
+    hook = quantizers(wrapper)["net.0.weight"]
+    out = wrapper(x.bfloat16())
+    out.float().pow(2).sum().backward()
+    # the exact per-cluster sum of the bf16 weight gradients (about 4,000 per cluster)
+    plain = hook.codebook.detach()[hook.index.long()].clone().requires_grad_(True)
+    torch.nn.functional.linear(x.bfloat16(), plain, model[0].bias).float().pow(2).sum().backward()
+    assert plain.grad is not None and hook.codebook.grad is not None
+    index = hook.index.long().reshape(-1)
+    expected = torch.zeros(hook.k, dtype=torch.float64).index_add_(0, index, plain.grad.double().reshape(-1))
+    error = ((hook.codebook.grad.double() - expected).abs() / expected.abs()).max()
+    assert error < 0.01  # summed in bf16 it was 10-35% off
+
+
+def test_reassign_keeps_the_zeros_of_a_pruned_checkpoint(example_input: torch.Tensor) -> None:
+    """With no pruning hook in front, zeroed weights get the straight-through gradient and move off zero:
+    sparsity-preserving reassignment still keeps them at the zero centroid, as TF-MOT does."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():
+        for p in (model.features[0].weight, model.fc.weight):
+            p[p.abs() < p.abs().median()] = 0.0
+    config = kmeans_config(bits=3, assignment="reassign", reassign_interval=1, preserve_sparsity=True)
+    pipeline = nncf_ext.create_compression(model, config, example_input)
+    zeros = {n: int((effective_weight(model, n, p) == 0).sum()) for n, p in model.named_parameters()}
+    assert zeros["fc.weight"] >= 15
+    train(model, pipeline, example_input, steps=10)
+    assert model.fc.weight.detach().eq(0).sum() < zeros["fc.weight"]  # the latent zeros did move
+    after = {n: int((effective_weight(model, n, p) == 0).sum()) for n, p in model.named_parameters()}
+    assert (
+        after["fc.weight"] == zeros["fc.weight"] and after["features.0.weight"] == zeros["features.0.weight"]
+    )
+
+
+def test_a_repeated_epoch_step_does_not_reassign(example_input: torch.Tensor) -> None:
+    """Resuming into the same epoch keeps the indices the checkpoint saved."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    pipeline = nncf_ext.create_compression(
+        model, kmeans_config(bits=3, assignment="reassign", preserve_sparsity=False), example_input
+    )
+    pipeline.epoch_step(1)
+    train(model, pipeline, example_input, steps=5)
+    index = {n: h.index.clone() for n, h in quantizers(model).items()}
+    pipeline.epoch_step(1)
+    assert all(torch.equal(h.index, index[n]) for n, h in quantizers(model).items())
+    pipeline.epoch_step(2)
+    assert any(not torch.equal(h.index, index[n]) for n, h in quantizers(model).items())
+
+
+def test_histogram_atoms_are_exact_and_sorted() -> None:
+    torch.manual_seed(0)
+    weights = 1 + 1e-4 * torch.randn(300_000)  # float32 bin sums drifted by ~150 bin widths here
+    atoms = make_atoms(weights)
+    assert bool((atoms.values[1:] > atoms.values[:-1]).all())
+    result = kmeans_1d(weights, 16)
+    distance = (weights.double()[:, None] - result.centroids.double()[None]).abs()
+    chosen = distance.gather(1, result.index.long()[:, None]).squeeze(1)
+    assert bool((chosen <= distance.min(1).values + 1e-12).all())  # every weight at a nearest centroid
+
+
+def test_a_clustered_model_pickles(example_input: torch.Tensor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = TinyNet()
+    nncf_ext.create_compression(model, kmeans_config(bits=3), example_input)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert torch.equal(loaded(example_input), model(example_input))
+
+
+def test_l1_still_on_when_sparsity_preserving_clustering_starts_is_refused() -> None:
+    l1 = {"algorithm": "l1_sparsity", "lambda": {"type": "multistep", "steps": {"0": 1e-4, "5": 0.0}}}
+    kmeans = {"algorithm": "kmeans_quantization", "start_epoch": 3}
+    for entries, path in (
+        ([l1, kmeans], "compression[1].start_epoch"),
+        ([kmeans, l1], "compression[0].start_epoch"),
+    ):
+        with pytest.raises(
+            ConfigError, match=r"has lambda 0\.0001 at epoch 3; set lambda to 0 from epoch 3"
+        ) as info:
+            nncf_ext.load_config({"compression": entries})
+        assert info.value.path == path
+    nncf_ext.load_config({"compression": [l1, {**kmeans, "start_epoch": 5}]})
+    nncf_ext.load_config({"compression": [l1, {**kmeans, "preserve_sparsity": False}]})
+
+
+def test_malformed_kmeans_state_is_refused_whole(example_input: torch.Tensor) -> None:
+    from nncf_ext.errors import CheckpointError
+
+    model = TinyNet()
+    pipeline = nncf_ext.create_compression(model, kmeans_config(bits=3), example_input)
+    state = pipeline.state_dict()
+    for steps in (float("inf"), 2.9, "7", True):
+        bad = {**state, "algorithms": [{**state["algorithms"][0], "steps": steps}]}
+        with pytest.raises(CheckpointError, match="malformed compression state of compression\\[0\\]"):
+            pipeline.load_state_dict(bad)
+    assert pipeline.state_dict() == state

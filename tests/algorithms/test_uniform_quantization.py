@@ -233,3 +233,31 @@ def test_lsq_gradient_scale_survives_a_deepcopy_of_the_model_and_is_applied_once
         assert torch.allclose(grad, expected[name], rtol=1e-5), name
     for name, grad in range_grads(model, 2).items():
         assert torch.allclose(grad, expected[name], rtol=1e-5), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_ranges_start_on_a_model_cast_after_the_compression_was_made(
+    dtype: torch.dtype, example_input: torch.Tensor
+) -> None:
+    """Lightning casts (bf16-true) and moves the model after the callback made the compression: the stored
+    example input follows the model when activation ranges are measured at ``start_epoch``."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    config = {"compression": [{"algorithm": "uniform_quantization", "activations": {}, "start_epoch": 1}]}
+    pipeline = nncf_ext.create_compression(model, config, example_input)
+    model.to(dtype)
+    pipeline.epoch_step(1)
+    assert all(q.is_enabled_quantization() for q in hooks_of_type(model, BaseQuantizer).values())
+    assert model(example_input.to(dtype)).dtype == dtype
+
+
+def test_malformed_initialized_state_is_refused(example_input: torch.Tensor) -> None:
+    from nncf_ext.errors import CheckpointError
+
+    pipeline = nncf_ext.create_compression(
+        TinyNet(), {"compression": [{"algorithm": "uniform_quantization", "start_epoch": 2}]}, example_input
+    )
+    state = pipeline.state_dict()
+    bad = {**state, "algorithms": [{**state["algorithms"][0], "initialized": "false"}]}
+    with pytest.raises(CheckpointError, match="'initialized' must be true or false"):
+        pipeline.load_state_dict(bad)  # "false" used to switch on quantizers with uninitialised ranges

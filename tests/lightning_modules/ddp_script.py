@@ -22,7 +22,7 @@ RANK = int(os.environ.get("LOCAL_RANK", "0"))  # Lightning starts rank 1 as a co
 PRUNE_STEPS = {"type": "multistep", "steps": {"0": 0.3, "1": 0.6}}
 CONFIG = {
     "compression": [
-        {"algorithm": "l1_sparsity", "lambda": 1e-4},
+        {"algorithm": "l1_sparsity", "lambda": {"type": "multistep", "steps": {"0": 1e-4, "1": 0.0}}},
         {"algorithm": "threshold_pruning", "criterion": "std", "threshold": PRUNE_STEPS},
         # a k-means seed per rank: the ranks cluster differently, and must still end with rank 0's clusters
         {"algorithm": "kmeans_quantization", "bits": 4, "start_epoch": 1, "init": "kmeans++", "seed": RANK},

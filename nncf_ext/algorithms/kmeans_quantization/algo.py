@@ -23,6 +23,7 @@ from nncf_ext.distributed import broadcast_module
 from nncf_ext.errors import ConfigError, ModelError
 from nncf_ext.hooks import incoming_weight
 from nncf_ext.model import get_weight
+from nncf_ext.schedulers import Schedule
 from nncf_ext.scopes import WeightInfo
 
 
@@ -41,6 +42,24 @@ class KMeansQuantizationConfig(AlgorithmConfig):
 
     def bits_for(self, weight: WeightInfo) -> int:
         return self.bits_per_scope.bits_for(weight, self.bits)
+
+
+def check_l1_after_clustering(
+    l1: AlgorithmConfig, l1_index: int, kmeans: KMeansQuantizationConfig, kmeans_path: str
+) -> None:
+    """Sparsity-preserving clustering fixes the zeros when it starts: L1 must be off by then (the weights it
+    pushes under the pruning threshold afterwards would be masked yet keep their centroid)."""
+    strength = getattr(l1, "strength", None)
+    if not kmeans.preserve_sparsity or not isinstance(strength, Schedule):
+        return
+    epoch = strength.first_nonzero_from(kmeans.start_epoch)
+    if epoch is not None:
+        raise ConfigError(
+            f"{kmeans_path}.start_epoch",
+            f"sparsity-preserving clustering starts at epoch {kmeans.start_epoch} but "
+            f"compression[{l1_index}] (l1_sparsity) has lambda {strength(epoch):g} at epoch {epoch}; "
+            f"set lambda to 0 from epoch {kmeans.start_epoch}",
+        )
 
 
 @register_algorithm
@@ -102,11 +121,14 @@ class KMeansQuantization(CompressionAlgorithm):
     def check_composition(
         cls, config: AlgorithmConfig, previous: list[tuple[str, AlgorithmConfig]], path: str
     ) -> None:
-        """Clustering that preserves sparsity must start once earlier pruning has stopped changing masks."""
+        """Clustering that preserves sparsity must start once earlier pruning has stopped changing masks, and
+        once L1 (listed anywhere) has stopped making zeros."""
         assert isinstance(config, KMeansQuantizationConfig)
         if not config.preserve_sparsity:
             return
         for i, (name, other) in enumerate(previous):
+            if name == "l1_sparsity":
+                check_l1_after_clustering(other, i, config, path)
             final = getattr(getattr(other, "threshold", None), "final_epoch", None)
             if name == "threshold_pruning" and final is not None and final > config.start_epoch:
                 raise ConfigError(
@@ -138,7 +160,7 @@ class KMeansQuantization(CompressionAlgorithm):
     def cluster(self) -> None:
         """Run k-means on every target weight and activate the quantizers."""
         for name, hook in self.quantizers.items():
-            weight = self._incoming(name, hook).float()
+            weight = self._incoming(name, hook).float().cpu()  # k-means on the CPU, wherever the model is
             if self.config.preserve_sparsity:
                 nonzero = weight != 0
                 codebook = torch.zeros(hook.k)
@@ -172,27 +194,30 @@ class KMeansQuantization(CompressionAlgorithm):
     def reassign(self) -> None:
         """Move every weight to its nearest trained centroid (``reassign`` policy)."""
         for name, hook in self.quantizers.items():
-            weight = self._incoming(name, hook).float()
-            codebook = hook.effective_codebook().detach().float()
+            weight = self._incoming(name, hook).float().cpu()
+            codebook = hook.effective_codebook().detach().float().cpu()
             # with preserve_sparsity, zeros keep the fixed zero centroid and the other weights choose among
-            # the trained ones, as k-means placed them: reassigning never prunes
+            # the trained ones, as k-means placed them: reassigning never prunes, and never revives a weight
+            # that was zero when clustered (its latent value moves under the straight-through gradient)
             first = 1 if self.config.preserve_sparsity else 0
             trained = codebook[first:]
             order = torch.argsort(trained)
             index = order[nearest_centroid(weight.reshape(-1), trained[order])].reshape(weight.shape) + first
             if self.config.preserve_sparsity:
-                index = torch.where(weight == 0, torch.zeros_like(index), index)
+                zero = (weight == 0) | (hook.index.cpu() == 0)
+                index = torch.where(zero, torch.zeros_like(index), index)
             hook.index.copy_(index.to(hook.index.dtype))
             hook.invalidate()
 
     def epoch_step(self, epoch: int) -> None:
+        repeated = epoch == self.epoch
         super().epoch_step(epoch)
         if epoch < self.config.start_epoch:
             return
         if not all(bool(h.active) for h in self.quantizers.values()):
             self.cluster()
-        elif self.config.assignment == "reassign":
-            self.reassign()
+        elif self.config.assignment == "reassign" and not repeated:  # a resume into the same epoch keeps
+            self.reassign()  # the indices it saved
 
     def step(self) -> None:
         for name, hook in self.quantizers.items():
@@ -217,5 +242,8 @@ class KMeansQuantization(CompressionAlgorithm):
         return {**super().state_dict(), "steps": self._steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"'steps' must be a non-negative integer, got {steps!r}")
         super().load_state_dict(state)
-        self._steps = int(state["steps"])
+        self._steps = steps

@@ -73,7 +73,7 @@ def make_atoms(
     scale = (bins - 1) / (high - low)
     idx = histogram_bin(flat, low, scale)
     counts = torch.bincount(idx, minlength=bins).double()
-    sums = torch.bincount(idx, weights=flat, minlength=bins).double()
+    sums = torch.bincount(idx, weights=flat.double(), minlength=bins)  # float64: exact sums, sorted means
     occupied = counts > 0
     bin_to_atom = torch.cumsum(occupied.long(), 0) - 1
     counts, sums = counts[occupied], sums[occupied]

@@ -30,12 +30,14 @@ class CodebookLookup(torch.autograd.Function):
         index, counts = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        summed = torch.zeros(ctx.k, dtype=grad.dtype, device=grad.device).index_add_(
-            0, index, grad.reshape(-1)
+        # summed in float32 (at least): thousands of bf16 / fp16 terms per centroid would lose a third
+        acc = torch.promote_types(grad.dtype, torch.float32)
+        summed = torch.zeros(ctx.k, dtype=acc, device=grad.device).index_add_(
+            0, index, grad.reshape(-1).to(acc)
         )
         if counts is not None:
-            summed = summed / counts.clamp(min=1).to(summed.dtype)
-        return summed, None, None
+            summed = summed / counts.clamp(min=1).to(acc)
+        return summed.to(grad.dtype), None, None
 
 
 class KMeansQuantizer(WeightHook):
@@ -76,7 +78,12 @@ class KMeansQuantizer(WeightHook):
         self.register_buffer("trainable", trainable, persistent=False)
         self._flat_index: torch.Tensor | None = None
         self._counts: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(lambda module, _: module.invalidate())
+        self.register_load_state_dict_post_hook(KMeansQuantizer._after_load)  # a function: picklable
+
+    @staticmethod
+    def _after_load(module: torch.nn.Module, incompatible: Any) -> None:
+        assert isinstance(module, KMeansQuantizer)
+        module.invalidate()
 
     @property
     def k(self) -> int:

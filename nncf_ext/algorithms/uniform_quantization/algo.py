@@ -22,7 +22,7 @@ from nncf_ext.algorithms.uniform_quantization.observers import collect_input_ran
 from nncf_ext.config_reader import ConfigReader
 from nncf_ext.distributed import broadcast_module
 from nncf_ext.hooks import incoming_weight
-from nncf_ext.model import get_weight
+from nncf_ext.model import example_like_model, get_weight
 from nncf_ext.quantizers import (
     MODES,
     init_weight_range,
@@ -182,7 +182,8 @@ class UniformQuantization(CompressionAlgorithm):
             weight = incoming_weight(self.model, name, get_weight(self.model, name), quantizer)
             init_weight_range(quantizer, weight, self.config.weights.init)
         if self.activation_quantizers:
-            ranges = collect_input_ranges(self.model, self.activation_ports, self.example_input)
+            example = example_like_model(self.model, self.example_input)
+            ranges = collect_input_ranges(self.model, self.activation_ports, example)
             for op, quantizer in self.activation_quantizers.items():
                 set_range(quantizer, *ranges[op])
         for quantizer in (*self.weight_quantizers.values(), *self.activation_quantizers.values()):
@@ -205,8 +206,10 @@ class UniformQuantization(CompressionAlgorithm):
         return {**super().state_dict(), "initialized": self.initialized}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state["initialized"], bool):
+            raise ValueError(f"'initialized' must be true or false, got {state['initialized']!r}")
         super().load_state_dict(state)
-        self.initialized = bool(state["initialized"])
+        self.initialized = state["initialized"]
         for quantizer in (*self.weight_quantizers.values(), *self.activation_quantizers.values()):
             if self.initialized:
                 quantizer.enable_quantization()
