@@ -71,10 +71,15 @@ def make_atoms(
         v = torch.tensor([low], dtype=torch.float64)
         return Atoms(v, torch.tensor([float(flat.numel())], dtype=torch.float64), v * flat.numel())
     scale = (bins - 1) / (high - low)
-    idx = histogram_bin(flat, low, scale)
+    shifted = torch.sub(flat, low)  # as histogram_bin computes it, so the bins are the same
+    idx = (shifted * scale).to(torch.int32)
     counts = torch.bincount(idx, minlength=bins).double()
-    sums = torch.bincount(idx, weights=flat.double(), minlength=bins)  # float64: exact sums, sorted means
+    # sums of w - low: float32 errors scale with the spread, not with the offset of a narrow layer far from
+    # zero; each mean is then held inside its own bin, so the atoms stay sorted (searchsorted needs it)
+    shifted_sums = torch.bincount(idx, weights=shifted, minlength=bins).double()
     occupied = counts > 0
     bin_to_atom = torch.cumsum(occupied.long(), 0) - 1
-    counts, sums = counts[occupied], sums[occupied]
-    return Atoms(sums / counts, counts, sums, low, scale, bin_to_atom, idx if keep_bins else None)
+    edges = torch.nonzero(occupied).reshape(-1).double() / scale
+    counts, shifted_sums = counts[occupied], shifted_sums[occupied]
+    values = low + torch.minimum(torch.maximum(shifted_sums / counts, edges), edges + 1 / scale)
+    return Atoms(values, counts, values * counts, low, scale, bin_to_atom, idx if keep_bins else None)
