@@ -62,9 +62,9 @@ def main() -> None:
     trained = evaluate(model, dm.val_data, recipe.image_size)
 
     columns = REVISITED if "mAP_medium" in trained else ORIGINAL
-    print(f"\n{'model':<34}" + "".join(f"{c:>13}" for c in columns))
+    print(f"\n{'model':<36}" + "".join(f"{c:>15}" for c in columns))
     for name, res in (("untrained (NetVLAD + PCA from data)", untrained), ("trained base model", trained)):
-        print(f"{name:<34}" + "".join(f"{res[c]:>13.3f}" for c in columns))
+        print(f"{name:<36}" + "".join(f"{res[c]:>15.3f}" for c in columns))
     print(f"\ntraining: {recipe.epochs} epochs in {run['seconds']:.0f} s")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
