@@ -92,7 +92,7 @@ def int_values(
     low = low.reshape(-1).float()
     numel = int(np.prod(shape))
     channel = positions // (numel // low.numel())
-    x = torch.zeros(numel)
+    x = torch.zeros(numel, device=low.device)  # where the quantizer is (a model's GPU, an archive's CPU)
     x[positions] = low[channel] + codes.float() * step[channel]
     return quantizer.quantize(x.reshape(shape)).reshape(-1)[positions]
 
@@ -168,7 +168,7 @@ def _on_grid(storage: WeightStorage, effective: torch.Tensor, exact: bool) -> bo
     """Whether the int codes give back ``effective``: exactly, or within 1% of a step (and dtype rounding)."""
     assert storage.quantizer is not None and storage.codes is not None and storage.scale is not None
     flat = effective.reshape(-1)
-    positions = torch.arange(flat.numel())
+    positions = torch.arange(flat.numel(), device=flat.device)
     decoded = int_values(storage.quantizer, storage.codes.reshape(-1), positions, tuple(effective.shape))
     if exact:
         return torch.equal(decoded.to(flat.dtype), flat)

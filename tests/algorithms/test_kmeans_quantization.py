@@ -372,7 +372,9 @@ def test_a_clustered_model_pickles(example_input: torch.Tensor, tmp_path) -> Non
     assert torch.equal(loaded(example_input), model(example_input))
 
 
-def test_l1_still_on_when_sparsity_preserving_clustering_starts_is_refused() -> None:
+def test_l1_still_on_when_sparsity_preserving_clustering_starts_is_refused(
+    example_input: torch.Tensor,
+) -> None:
     l1 = {"algorithm": "l1_sparsity", "lambda": {"type": "multistep", "steps": {"0": 1e-4, "5": 0.0}}}
     kmeans = {"algorithm": "kmeans_quantization", "start_epoch": 3}
     for entries, path in (
@@ -382,10 +384,16 @@ def test_l1_still_on_when_sparsity_preserving_clustering_starts_is_refused() -> 
         with pytest.raises(
             ConfigError, match=r"has lambda 0\.0001 at epoch 3; set lambda to 0 from epoch 3"
         ) as info:
-            nncf_ext.load_config({"compression": entries})
+            nncf_ext.create_compression(TinyNet(), {"compression": entries}, example_input)
         assert info.value.path == path
-    nncf_ext.load_config({"compression": [l1, {**kmeans, "start_epoch": 5}]})
-    nncf_ext.load_config({"compression": [l1, {**kmeans, "preserve_sparsity": False}]})
+    fc_only = {**kmeans, "target_scope": {"names": ["fc.weight"]}}
+    convs = {**l1, "target_scope": {"types": ["conv2d"]}}
+    for entries in (
+        [l1, {**kmeans, "start_epoch": 5}],
+        [l1, {**kmeans, "preserve_sparsity": False}],
+        [convs, fc_only],  # L1 on other weights than the clustered ones
+    ):
+        nncf_ext.create_compression(TinyNet(), {"compression": entries}, example_input)
 
 
 def test_malformed_kmeans_state_is_refused_whole(example_input: torch.Tensor) -> None:

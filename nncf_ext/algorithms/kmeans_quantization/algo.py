@@ -45,21 +45,28 @@ class KMeansQuantizationConfig(AlgorithmConfig):
 
 
 def check_l1_after_clustering(
-    l1: AlgorithmConfig, l1_index: int, kmeans: KMeansQuantizationConfig, kmeans_path: str
+    algorithms: list[CompressionAlgorithm], selections: list[list[WeightInfo]]
 ) -> None:
-    """Sparsity-preserving clustering fixes the zeros when it starts: L1 must be off by then (the weights it
-    pushes under the pruning threshold afterwards would be masked yet keep their centroid)."""
-    strength = getattr(l1, "strength", None)
-    if not kmeans.preserve_sparsity or not isinstance(strength, Schedule):
-        return
-    epoch = strength.first_nonzero_from(kmeans.start_epoch)
-    if epoch is not None:
-        raise ConfigError(
-            f"{kmeans_path}.start_epoch",
-            f"sparsity-preserving clustering starts at epoch {kmeans.start_epoch} but "
-            f"compression[{l1_index}] (l1_sparsity) has lambda {strength(epoch):g} at epoch {epoch}; "
-            f"set lambda to 0 from epoch {kmeans.start_epoch}",
-        )
+    """Sparsity-preserving clustering fixes a weight's zeros when it starts: L1 on the same weight must be
+    off by then (the weights it pushes under the pruning threshold afterwards would be masked yet keep
+    their centroid). ``selections[i]``: the weights ``algorithms[i]`` compresses."""
+    for kmeans, kmeans_weights in zip(algorithms, selections, strict=True):
+        config = kmeans.config
+        if not isinstance(config, KMeansQuantizationConfig) or not config.preserve_sparsity:
+            continue
+        for l1, l1_weights in zip(algorithms, selections, strict=True):
+            strength = getattr(l1.config, "strength", None)
+            shared = {w.name for w in l1_weights} & {w.name for w in kmeans_weights}
+            if l1.name != "l1_sparsity" or not isinstance(strength, Schedule) or not shared:
+                continue
+            epoch = strength.first_nonzero_from(config.start_epoch)
+            if epoch is not None:
+                raise ConfigError(
+                    f"{kmeans.path}.start_epoch",
+                    f"sparsity-preserving clustering of {sorted(shared)} starts at epoch "
+                    f"{config.start_epoch} but {l1.path} (l1_sparsity) has lambda {strength(epoch):g} at "
+                    f"epoch {epoch}; set lambda to 0 from epoch {config.start_epoch}",
+                )
 
 
 @register_algorithm
@@ -121,14 +128,12 @@ class KMeansQuantization(CompressionAlgorithm):
     def check_composition(
         cls, config: AlgorithmConfig, previous: list[tuple[str, AlgorithmConfig]], path: str
     ) -> None:
-        """Clustering that preserves sparsity must start once earlier pruning has stopped changing masks, and
-        once L1 (listed anywhere) has stopped making zeros."""
+        """Clustering that preserves sparsity must start once earlier pruning has stopped changing masks (L1
+        on the same weights: :func:`check_l1_after_clustering`, once the weights are known)."""
         assert isinstance(config, KMeansQuantizationConfig)
         if not config.preserve_sparsity:
             return
         for i, (name, other) in enumerate(previous):
-            if name == "l1_sparsity":
-                check_l1_after_clustering(other, i, config, path)
             final = getattr(getattr(other, "threshold", None), "final_epoch", None)
             if name == "threshold_pruning" and final is not None and final > config.start_epoch:
                 raise ConfigError(

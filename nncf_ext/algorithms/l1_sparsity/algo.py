@@ -42,21 +42,6 @@ class L1Sparsity(CompressionAlgorithm):
         )
 
     @classmethod
-    def check_composition(
-        cls, config: AlgorithmConfig, previous: list[tuple[str, AlgorithmConfig]], path: str
-    ) -> None:
-        """L1 listed after sparsity-preserving clustering must be off when the clustering starts."""
-        from nncf_ext.algorithms.kmeans_quantization.algo import (  # not at the top: import cycle
-            KMeansQuantizationConfig,
-            check_l1_after_clustering,
-        )
-
-        index = int(path.rsplit("[", 1)[1].rstrip("]")) if path.endswith("]") else 0
-        for i, (name, other) in enumerate(previous):
-            if name == "kmeans_quantization" and isinstance(other, KMeansQuantizationConfig):
-                check_l1_after_clustering(config, index, other, f"compression[{i}]")
-
-    @classmethod
     def config_to_dict(cls, config: AlgorithmConfig) -> dict[str, Any]:
         assert isinstance(config, L1SparsityConfig)
         return {
