@@ -1,9 +1,10 @@
 """Conv feature extractors named exactly as torchvision's ``alexnet().features`` / ``vgg16().features``.
 
-Each backbone holds one ``features`` ``nn.Sequential`` (``features.0``, ``features.3``, ...) and drops the
-last max-pool, as NetVLAD does; max-pools carry no weights, so torchvision state dicts load unchanged
-(:meth:`ConvFeatures.load_torchvision`). ``SmallFeatures`` is a few-layer backbone in the same style for CPU
-runs.
+Each backbone holds one ``features`` ``nn.Sequential`` (``features.0``, ``features.3``, ...). AlexNet and
+VGG16 are cropped at the last convolution, before its ReLU and the last max-pool, as NetVLAD does
+(Arandjelovic et al.; pytorch-NetVlad's ``features[:-2]``), so local descriptors keep their sign; ReLUs and
+max-pools carry no weights, so torchvision state dicts load unchanged (:meth:`ConvFeatures.load_torchvision`).
+``SmallFeatures`` is a few-layer backbone for CPU runs, trained from scratch, that ends with its ReLU.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class ConvFeatures(nn.Module):
 
 
 class AlexNetFeatures(ConvFeatures):
-    """torchvision ``alexnet().features`` to conv5 + ReLU (``features.0`` ... ``.11``): 2.47 M weights."""
+    """torchvision ``alexnet().features`` to conv5, before its ReLU (``features.0`` ... ``.10``): 2.47 M
+    weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,13 +85,13 @@ class AlexNetFeatures(ConvFeatures):
             nn.Conv2d(384, 256, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
             nn.Conv2d(256, 256, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
         )
         self.out_channels = 256
 
 
 class VGG16Features(ConvFeatures):
-    """torchvision ``vgg16().features`` to conv5_3 + ReLU (``features.0`` ... ``.29``): 14.7 M weights."""
+    """torchvision ``vgg16().features`` to conv5_3, before its ReLU (``features.0`` ... ``.28``): 14.7 M
+    weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,7 +103,7 @@ class VGG16Features(ConvFeatures):
             else:
                 layers += [nn.Conv2d(channels, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
                 channels = int(v)
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers[:-1])  # conv5_3 without its ReLU
         self.out_channels = channels
 
 

@@ -42,7 +42,9 @@ def test_state_dict_keys_and_shapes_match_torchvision(backbone: type, expected: 
     model = backbone()
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
     assert sum(p.numel() for p in model.parameters()) == params
-    assert not isinstance(model.features[-1], torch.nn.MaxPool2d)  # the last pool is dropped, as NetVLAD does
+    # cropped at the last conv, before its ReLU and the last pool, as NetVLAD does: descriptors keep their sign
+    assert isinstance(model.features[-1], torch.nn.Conv2d)
+    assert bool((model(torch.randn(1, 3, 64, 64)) < 0).any())
 
 
 def test_torchvision_state_dict_loads_and_ignores_the_classifier() -> None:
