@@ -35,7 +35,8 @@ import copy
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -55,6 +56,20 @@ from nncf_ext.scopes import Scope
 
 CANDIDATE_BITS = [2, 3, 4, 5, 6, 8]
 TARGETS = (4, 8)
+LOSS_BATCH_SEED = 20_240  # the fixed batches of loss_fn: the same whatever ran before (HAWQ-V3, loss tables)
+
+
+@contextmanager
+def fixed_rng(seed: int) -> Iterator[None]:
+    """Seeded torch and numpy global generators inside, the callers' states restored after."""
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
 
 
 class TaskAdapter(Protocol):
@@ -143,7 +158,8 @@ class RetrievalAdapter:
     def loss_fn(self, model: nn.Module, batches: int = 1) -> Callable[[], torch.Tensor]:
         from lightning_modules.retrieval.losses import TripletLoss
 
-        fixed = [images for images, _ in itertools.islice(self.dm.train_dataloader(), batches)]
+        with fixed_rng(LOSS_BATCH_SEED):  # the loader shuffles with the global generator
+            fixed = [images for images, _ in itertools.islice(self.dm.train_dataloader(), batches)]
         loss = TripletLoss(0.1)
 
         def fn() -> torch.Tensor:
@@ -227,7 +243,15 @@ class PoseAdapter:
         return self._score(model, self.val_loader)["add_0.1d"]
 
     def loss_fn(self, model: nn.Module, batches: int = 1) -> Callable[[], torch.Tensor]:
-        fixed = list(itertools.islice(self.train_loader, batches))
+        loader = torch.utils.data.DataLoader(  # not self.train_loader, whose generator moves on each epoch
+            self.train_loader.dataset,
+            batch_size=self.train_loader.batch_size,
+            shuffle=True,
+            collate_fn=self.train_loader.collate_fn,
+            generator=torch.Generator().manual_seed(LOSS_BATCH_SEED),
+        )
+        with fixed_rng(LOSS_BATCH_SEED):
+            fixed = list(itertools.islice(loader, batches))
         module = self._module(model)
         return lambda: sum((module.compute_loss(b)["loss"] for b in fixed), torch.zeros(())) / len(fixed)
 
