@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -296,19 +298,15 @@ def test_reassign_right_after_clustering_changes_nothing_and_never_prunes(
 def test_centroid_gradients_of_a_bfloat16_model_are_summed_in_float32() -> None:
     """Lightning's bf16-true casts the model after the compression was made: the codebook is bf16 too."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 64))
-    wrapper = torch.nn.Module()
-    wrapper.add_module("net", model)
-    wrapper.forward = lambda x: model(x)  # type: ignore[method-assign]
+    model = torch.nn.Linear(256, 64)
     x = torch.randn(8, 256)
-    nncf_ext.create_compression(wrapper, kmeans_config(bits=2, preserve_sparsity=False), x)
-    wrapper.to(torch.bfloat16)
-    hook = quantizers(wrapper)["net.0.weight"]
-    out = wrapper(x.bfloat16())
-    out.float().pow(2).sum().backward()
+    nncf_ext.create_compression(model, kmeans_config(bits=2, preserve_sparsity=False), x)
+    model.to(torch.bfloat16)
+    hook = quantizers(model)["weight"]
+    model(x.bfloat16()).float().pow(2).sum().backward()
     # the exact per-cluster sum of the bf16 weight gradients (about 4,000 per cluster)
     plain = hook.codebook.detach()[hook.index.long()].clone().requires_grad_(True)
-    torch.nn.functional.linear(x.bfloat16(), plain, model[0].bias).float().pow(2).sum().backward()
+    torch.nn.functional.linear(x.bfloat16(), plain, model.bias).float().pow(2).sum().backward()
     assert plain.grad is not None and hook.codebook.grad is not None
     index = hook.index.long().reshape(-1)
     expected = torch.zeros(hook.k, dtype=torch.float64).index_add_(0, index, plain.grad.double().reshape(-1))
@@ -363,7 +361,7 @@ def test_histogram_atoms_are_exact_and_sorted() -> None:
     assert bool((chosen <= distance.min(1).values + 1e-12).all())  # every weight at a nearest centroid
 
 
-def test_a_clustered_model_pickles(example_input: torch.Tensor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_clustered_model_pickles(example_input: torch.Tensor, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyNet()
     nncf_ext.create_compression(model, kmeans_config(bits=3), example_input)
