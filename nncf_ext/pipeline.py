@@ -22,7 +22,6 @@ from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
 
 from nncf_ext.algorithms.base import ALGORITHMS, CompressionAlgorithm
-from nncf_ext.algorithms.kmeans_quantization.algo import check_l1_after_clustering
 from nncf_ext.config import CompressionConfig, load_config
 from nncf_ext.errors import CheckpointError, ConfigError, ModelError
 from nncf_ext.hooks import WeightHook, weight_hooks
@@ -185,7 +184,9 @@ def create_compression(
             check_finite(wrapped, selected)
             algorithm.validate(wrapped, selected)
             selections.append(selected)
-        check_l1_after_clustering(algorithms, selections)
+        entries = list(zip(algorithms, selections, strict=True))
+        for algorithm, selected in entries:
+            algorithm.check_selection(selected, entries)
         # epoch 0 may change weights in place (masks, clustering): keep what it touches until it succeeds
         touched = {w.name for selected in selections for w in selected}
         originals = {name: get_weight(wrapped, name).detach().clone() for name in touched}

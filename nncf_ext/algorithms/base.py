@@ -88,6 +88,12 @@ class CompressionAlgorithm(ABC):
     def validate(self, model: nn.Module, weights: list[WeightInfo]) -> None:  # noqa: B027
         """Checks that need the model; called for every algorithm before any hook is placed."""
 
+    def check_selection(  # noqa: B027
+        self, weights: list[WeightInfo], entries: list[tuple[CompressionAlgorithm, list[WeightInfo]]]
+    ) -> None:
+        """Checks against the other entries on the same weights: ``entries`` are all algorithms of the config
+        with the weights each selected; called before any hook is placed."""
+
     def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
         """Place this algorithm's hooks. The default places :meth:`make_hook` on each weight."""
         self.model = model

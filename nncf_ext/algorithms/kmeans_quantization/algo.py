@@ -44,31 +44,6 @@ class KMeansQuantizationConfig(AlgorithmConfig):
         return self.bits_per_scope.bits_for(weight, self.bits)
 
 
-def check_l1_after_clustering(
-    algorithms: list[CompressionAlgorithm], selections: list[list[WeightInfo]]
-) -> None:
-    """Sparsity-preserving clustering fixes a weight's zeros when it starts: L1 on the same weight must be
-    off by then (the weights it pushes under the pruning threshold afterwards would be masked yet keep
-    their centroid). ``selections[i]``: the weights ``algorithms[i]`` compresses."""
-    for kmeans, kmeans_weights in zip(algorithms, selections, strict=True):
-        config = kmeans.config
-        if not isinstance(config, KMeansQuantizationConfig) or not config.preserve_sparsity:
-            continue
-        for l1, l1_weights in zip(algorithms, selections, strict=True):
-            strength = getattr(l1.config, "strength", None)
-            shared = {w.name for w in l1_weights} & {w.name for w in kmeans_weights}
-            if l1.name != "l1_sparsity" or not isinstance(strength, Schedule) or not shared:
-                continue
-            epoch = strength.first_nonzero_from(config.start_epoch)
-            if epoch is not None:
-                raise ConfigError(
-                    f"{kmeans.path}.start_epoch",
-                    f"sparsity-preserving clustering of {sorted(shared)} starts at epoch "
-                    f"{config.start_epoch} but {l1.path} (l1_sparsity) has lambda {strength(epoch):g} at "
-                    f"epoch {epoch}; set lambda to 0 from epoch {config.start_epoch}",
-                )
-
-
 @register_algorithm
 class KMeansQuantization(CompressionAlgorithm):
     name: ClassVar[str] = "kmeans_quantization"
@@ -129,7 +104,7 @@ class KMeansQuantization(CompressionAlgorithm):
         cls, config: AlgorithmConfig, previous: list[tuple[str, AlgorithmConfig]], path: str
     ) -> None:
         """Clustering that preserves sparsity must start once earlier pruning has stopped changing masks (L1
-        on the same weights: :func:`check_l1_after_clustering`, once the weights are known)."""
+        on the same weights: :meth:`check_selection`, once the weights are known)."""
         assert isinstance(config, KMeansQuantizationConfig)
         if not config.preserve_sparsity:
             return
@@ -144,6 +119,29 @@ class KMeansQuantization(CompressionAlgorithm):
 
     def validate(self, model: nn.Module, weights: list[WeightInfo]) -> None:
         self.config.bits_per_scope.check_matches(weights, f"{self.path}.bits_per_scope")
+
+    def check_selection(
+        self, weights: list[WeightInfo], entries: list[tuple[CompressionAlgorithm, list[WeightInfo]]]
+    ) -> None:
+        """Sparsity-preserving clustering fixes a weight's zeros when it starts: L1 on the same weight must be
+        off by then (the weights it pushes under the pruning threshold afterwards would be masked yet keep
+        their centroid)."""
+        start = self.config.start_epoch
+        if not self.config.preserve_sparsity:
+            return
+        for other, other_weights in entries:
+            strength = getattr(other.config, "strength", None)
+            shared = {w.name for w in other_weights} & {w.name for w in weights}
+            if other.name != "l1_sparsity" or not isinstance(strength, Schedule) or not shared:
+                continue
+            epoch = strength.first_nonzero_from(start)
+            if epoch is not None:
+                raise ConfigError(
+                    f"{self.path}.start_epoch",
+                    f"sparsity-preserving clustering of {sorted(shared)} starts at epoch {start} but "
+                    f"{other.path} (l1_sparsity) has lambda {strength(epoch):g} at epoch {epoch}; set lambda "
+                    f"to 0 from epoch {start}",
+                )
 
     def make_hook(self, weight: WeightInfo) -> nn.Module:
         assert self.model is not None
