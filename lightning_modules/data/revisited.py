@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_modules.metrics.retrieval import index_array
 from nncf_ext.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,21 +57,6 @@ class RevisitedData:
 
     def image_path(self, name: str) -> Path:
         return self.root / "jpg" / f"{name}.jpg"
-
-
-def _index_array(values: Any, where: str) -> np.ndarray:
-    """A flat int64 array of image indices; floats must be whole numbers (never silently truncated)."""
-    try:
-        arr = np.asarray(values).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{where} is not a list of image indices ({e})") from e
-    if arr.size == 0:
-        return arr.astype(np.int64)
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all():
-        return arr.astype(np.int64)
-    raise DataError(f"{where} must hold integer image indices, got {arr[:5].tolist()}")
 
 
 def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
@@ -115,7 +101,10 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
             raise DataError(f"{path}: gnd[{q}]['bbx'] must have 4 finite numbers [x1, y1, x2, y2]")
         clean: dict[str, Any] = {"bbx": bbx.tolist()}
         for key in (k for k in INDEX_KEYS if k in entry):
-            idx = _index_array(entry[key], f"{path}: gnd[{q}][{key!r}]")
+            try:
+                idx = index_array(entry[key], f"{path}: gnd[{q}][{key!r}]")
+            except ValueError as e:
+                raise DataError(str(e)) from None
             if idx.size and (idx.min() < 0 or idx.max() >= len(imlist)):
                 raise DataError(
                     f"{path}: gnd[{q}][{key!r}] has an index outside imlist ({len(imlist)} images)"

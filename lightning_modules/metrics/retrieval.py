@@ -29,16 +29,23 @@ PROTOCOLS = ("easy", "medium", "hard", "original")
 DEFAULT_KS = (1, 5, 10)
 
 
+def index_array(values: Any, where: str) -> np.ndarray:
+    """A flat int64 array of image indices; floats must be whole numbers (never silently truncated).
+    Raises ``ValueError`` naming ``where``."""
+    try:
+        arr = np.asarray(values).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where} is not a list of image indices ({e})") from e
+    whole = arr.dtype.kind == "f" and bool(np.isfinite(arr).all()) and bool((arr == np.round(arr)).all())
+    if arr.size and arr.dtype.kind not in "iu" and not whole:
+        raise ValueError(f"{where} must hold integer image indices, got {arr[:5].tolist()}")
+    return arr.astype(np.int64)
+
+
 def _indices(entry: Mapping[str, Any], key: str, query: int) -> torch.Tensor:
     if key not in entry:
         raise ValueError(f"gnd[{query}] has no {key!r} list (keys: {sorted(entry)})")
-    values = np.asarray(entry[key]).reshape(-1)
-    if values.size and not (
-        values.dtype.kind in "iu"
-        or (values.dtype.kind == "f" and np.isfinite(values).all() and (values == np.round(values)).all())
-    ):
-        raise ValueError(f"gnd[{query}][{key!r}] must hold integer image indices, got {values[:5].tolist()}")
-    return torch.as_tensor(values.astype(np.int64))
+    return torch.as_tensor(index_array(entry[key], f"gnd[{query}][{key!r}]"))
 
 
 def default_protocols(gnd: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
