@@ -20,6 +20,7 @@ from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE, get_hook_storage,
 from nncf.torch.graph.graph import PTNNCFGraph
 from nncf.torch.model_graph_manager import get_const_node, get_module_by_name, split_const_name
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from nncf_ext.errors import ModelError
 from nncf_ext.scopes import WeightInfo
@@ -95,19 +96,10 @@ def example_like_model(model: nn.Module, example_input: Any) -> Any:
     if param is None:
         return example_input
 
-    def move(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return x.to(param.device, param.dtype) if x.is_floating_point() else x.to(param.device)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [move(v) for v in x]
-        if isinstance(x, tuple):
-            items = [move(v) for v in x]
-            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)  # a namedtuple keeps its type
-        return x
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(param.device, param.dtype) if t.is_floating_point() else t.to(param.device)
 
-    return move(example_input)
+    return tree_map_only(torch.Tensor, move, example_input)
 
 
 def check_example_input(model: nn.Module, example_input: Any) -> None:

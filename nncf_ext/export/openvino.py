@@ -17,6 +17,7 @@ from typing import Any
 import openvino as ov
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from nncf_ext.errors import ExportError
 from nncf_ext.export.ir import compress_weights, float_constants_to_fp16
@@ -88,16 +89,6 @@ def _move_into_place(tmp_xml: Path, xml: Path) -> None:
         raise ExportError(f"cannot write {e.filename2 or e.filename or xml}: {e.strerror}") from None
 
 
-def _tensors(example: Any) -> list[torch.Tensor]:
-    if isinstance(example, torch.Tensor):
-        return [example]
-    if isinstance(example, dict):
-        return [t for v in example.values() for t in _tensors(v)]
-    if isinstance(example, list | tuple):
-        return [t for v in example for t in _tensors(v)]
-    return []
-
-
 def convert(model: nn.Module, example_input: Any, fp16: bool = False) -> tuple[ov.Model, dict[str, str]]:
     """Strip, convert and compress the weights, without writing anything.
 
@@ -105,8 +96,8 @@ def convert(model: nn.Module, example_input: Any, fp16: bool = False) -> tuple[o
     and the element type each compressed weight is stored in.
     """
     check_example_input(model, example_input)
-    tensors = [*model.parameters(), *model.buffers(), *_tensors(example_input)]
-    if any(t.dtype == torch.bfloat16 for t in tensors):
+    tensors = [*model.parameters(), *model.buffers(), *tree_leaves(example_input)]
+    if any(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in tensors):
         raise ExportError(
             "a bfloat16 model or input cannot be exported (OpenVINO's numpy interface has no bfloat16): "
             "export model.float() with float32 inputs; the IR runs in bf16 where the CPU has it "
