@@ -153,9 +153,17 @@ def load_compressed(path: str | Path) -> tuple[str, pl.LightningModule, dict[str
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nncf-ext compressed model (written by `nncf-ext compress`)")
     task = get_task(payload["task"])
-    module = task.module(**payload["hparams"])
+    try:
+        module = task.module(**payload["hparams"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: the stored settings do not build a '{task.name}' model: {e}"
+        ) from None
     model = network(module)
     nncf_ext.load_from_config(model, payload["nncf_config"])
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:  # keys or shapes that the settings do not build
+        raise CheckpointError(f"{path}: the weights do not fit the model of its settings: {e}") from None
     module.eval()
     return task.name, module, payload

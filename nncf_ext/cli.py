@@ -63,12 +63,19 @@ def _compress(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     pl.seed_everything(args.seed, verbose=False)
     callback = NNCFCompressionCallback(args.config)
-    module = task.module()
     if args.init_from:
-        source, base, _ = load_compressed(args.init_from)
+        source, base, payload = load_compressed(args.init_from)
         if source != task.name:
             raise NNCFExtError(f"--init-from holds a '{source}' model, not a '{task.name}' one")
-        network(module).load_state_dict(network(base).state_dict(), strict=False)
+        from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE
+
+        module = task.module(**payload["hparams"])  # the base's settings (widths, ...): its weights fit
+        state = network(base).state_dict()
+        network(module).load_state_dict(
+            {k: v for k, v in state.items() if ATR_HOOK_STORAGE not in k.split(".")}
+        )
+    else:
+        module = task.module()
     out = Path(args.output_dir)
     trainer = pl.Trainer(
         max_epochs=args.epochs,

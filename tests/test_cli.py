@@ -192,3 +192,45 @@ def test_retrieval_task_compresses_and_rebuilds_its_architecture(
     bad = [*args[:-2], "--data", str(tmp_path / "train"), "--output-dir", str(tmp_path / "bad")]
     assert main(bad) == 2
     assert "TRAIN_DIR,TEST_DIR" in capsys.readouterr().err
+
+
+def toy_base(tmp_path: Path, **hparams: object) -> tuple[Path, Path]:
+    """A compressed toy base (``compressed.pt``) with non-default settings, and a config to compress it."""
+    import nncf_ext
+    from lightning_modules.tasks import get_task, network, save_compressed
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"compression": {"algorithm": "threshold_pruning", "threshold": 0.02}}))
+    base = get_task("toy").module(**hparams)
+    parsed = nncf_ext.load_config(config)
+    nncf_ext.create_compression(network(base), parsed, base.example_input_array)
+    return save_compressed(tmp_path / "base.pt", "toy", base, parsed), config
+
+
+def test_init_from_builds_the_network_from_the_base_settings(tmp_path: Path) -> None:
+    import torch
+
+    base, config = toy_base(tmp_path, width=8)  # the toy task's default width is 16: a raw RuntimeError
+    out = tmp_path / "out"
+    args = ["compress", "--task", "toy", "--config", str(config), "--epochs", "1", "--output-dir", str(out)]
+    assert main([*args, "--init-from", str(base)]) == 0
+    payload = torch.load(out / "compressed.pt", weights_only=True)
+    assert payload["hparams"]["width"] == 8 and payload["state_dict"]["features.0.weight"].shape[0] == 8
+
+
+def test_a_file_whose_weights_do_not_fit_its_settings_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    base, _ = toy_base(tmp_path, width=8)
+    payload = torch.load(base, weights_only=True)
+    payload["hparams"]["width"] = 16  # edited by hand: the stored weights are 8 wide
+    torch.save(payload, base)
+    assert main(["stats", str(base)]) == 2  # was a raw RuntimeError from load_state_dict
+    err = capsys.readouterr().err
+    assert str(base) in err and "do not fit" in err and "features.0.weight" in err
+    payload["hparams"]["depth"] = 3  # a setting the toy network does not take
+    torch.save(payload, base)
+    assert main(["stats", str(base)]) == 2
+    assert "do not build a 'toy' model" in capsys.readouterr().err
