@@ -17,6 +17,7 @@ Errors name the config path (``compression[0].threshold.steps``) and are raised 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from nncf_ext.config_reader import ConfigReader, type_name
 from nncf_ext.errors import ConfigError
 
 INPUT_TYPES = {"float": torch.float32, "long": torch.long}
+MAX_INPUT_ELEMENTS = 2**31  # elements of one example input built from input_info
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class InputInfo:
         sizes = r.integers("sample_size", minimum=1)
         if not sizes:
             raise ConfigError(r.sub("sample_size"), "must not be empty")
+        if math.prod(sizes) > MAX_INPUT_ELEMENTS:
+            raise ConfigError(
+                r.sub("sample_size"), f"more than {MAX_INPUT_ELEMENTS} elements in one example input"
+            )
         info = cls(tuple(sizes), r.string("type", "float", choices=tuple(INPUT_TYPES)))
         r.finish()
         return info
@@ -100,11 +106,15 @@ class CompressionConfig:
     def from_json(cls, path: str | Path) -> CompressionConfig:
         path = Path(path)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except OSError as e:
             raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
         try:
-            raw = json.loads(text)
+            raw = json.loads(data)  # detects UTF-8 (with or without a BOM), UTF-16 and UTF-32
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                "", f"{path} is not UTF-8, UTF-16 or UTF-32 text: {e.reason} at byte {e.start}"
+            ) from None
         except json.JSONDecodeError as e:
             raise ConfigError("", f"{path} is not valid JSON: {e}") from None
         return cls.from_dict(raw)

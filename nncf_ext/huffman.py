@@ -26,6 +26,8 @@ def code_lengths(freqs: np.ndarray, max_length: int = MAX_LENGTH) -> np.ndarray:
     if present.size <= 1:  # an empty stream needs no code, a single symbol a 1-bit one
         lengths[present] = 1
         return lengths
+    if present.size > 1 << max_length:  # flattening would never fit them: it would loop forever
+        raise ValueError(f"{present.size} symbols cannot all have codes of at most {max_length} bits")
     f = freqs[present].copy()
     while True:
         depth = _huffman_depths(f)

@@ -27,6 +27,16 @@ def _progress(epoch: int, start_epoch: int, end_epoch: int) -> float:
     return min(max((epoch - start_epoch) / (end_epoch - start_epoch), 0.0), 1.0)
 
 
+def _ramp(initial: float, target: float, p: float, *, geometric: bool) -> float:
+    """From ``initial`` (p = 0) to ``target`` (p >= 1), linearly or geometrically; the ends are exact
+    (the formulas round off by an ulp: 0.001 + (0.01 - 0.001) * 1.0 is 0.010000000000000002)."""
+    if p >= 1.0:
+        return target
+    if p <= 0.0:
+        return initial
+    return initial * (target / initial) ** p if geometric else initial + (target - initial) * p
+
+
 def multistep_value(epoch: int, steps: Sequence[tuple[int, float]], initial: float = 0.0) -> float:
     """Value of the last step whose epoch is <= ``epoch``; ``initial`` before the first step."""
     epochs = [e for e, _ in steps]
@@ -39,6 +49,10 @@ def polynomial_value(
 ) -> float:
     """AGP-like ramp (Zhu & Gupta 2017): ``target + (initial - target) * (1 - p) ** power``."""
     p = _progress(epoch, start_epoch, end_epoch)
+    if p >= 1.0:
+        return target
+    if p <= 0.0:
+        return initial  # exact: target + (initial - target) * 1.0 rounds off
     return target + (initial - target) * (1.0 - p) ** power
 
 
@@ -46,8 +60,7 @@ def exponential_value(
     epoch: int, *, initial: float, target: float, start_epoch: int, end_epoch: int
 ) -> float:
     """Geometric ramp from ``initial`` to ``target`` (both > 0): ``initial * (target / initial) ** p``."""
-    p = _progress(epoch, start_epoch, end_epoch)
-    return initial * (target / initial) ** p
+    return _ramp(initial, target, _progress(epoch, start_epoch, end_epoch), geometric=True)
 
 
 def iterative_value(
@@ -65,9 +78,7 @@ def iterative_value(
         return 0.0
     cycle = min((epoch - start_epoch) // fine_tune_epochs, cycles - 1)
     p = 1.0 if cycles == 1 else cycle / (cycles - 1)
-    if ramp == "geometric":
-        return initial * (target / initial) ** p
-    return initial + (target - initial) * p
+    return _ramp(initial, target, p, geometric=ramp == "geometric")
 
 
 class Schedule(ABC):

@@ -78,6 +78,11 @@ class CompressionStatistic:
         return sum(s.params for s in self.layers)
 
     @property
+    def other_bits(self) -> float:
+        """Bits per element of the parameters without hooks: their dtype's, the mean where dtypes mix."""
+        return self.other_bytes * 8 / self.other_params if self.other_params else 0.0
+
+    @property
     def sparsity(self) -> float:
         """Fraction of zeros among the compressed weights."""
         n = self.compressed_params
@@ -128,6 +133,7 @@ class CompressionStatistic:
             "layers": layers,
             "other_params": self.other_params,
             "other_bytes": self.other_bytes,
+            "other_bits": self.other_bits,
             "params": self.params,
             "nonzeros": self.nonzeros,
             "sparsity": self.sparsity,
@@ -151,9 +157,9 @@ class CompressionStatistic:
                  f"{s.dense_bytes / s.huffman_bytes:.1f}x" if s.huffman_bytes else "-"]
             )  # fmt: skip
         if self.other_params:
-            size = format_bytes(self.other_bytes)
+            size, bits = format_bytes(self.other_bytes), f"{self.other_bits:.3g}"  # 16, 32; 21.3 if mixed
             rows.append(
-                ["(other parameters)", "", self.other_params, "", 32, "dense", size, size, size, "1.0x"]
+                ["(other parameters)", "", self.other_params, "", bits, "dense", size, size, size, "1.0x"]
             )
         rows.append([None] * 10)
         rows.append(

@@ -237,3 +237,31 @@ def test_two_grids_on_one_weight_are_refused_a_codebook_on_a_grid_is_not(example
         nncf_ext.create_compression(TinyNet(), {"compression": [kmeans, kmeans]}, example_input)
     # cluster-preserving quantization: k-means centroids snapped to an int8 grid
     nncf_ext.create_compression(TinyNet(), {"compression": [kmeans, grid]}, example_input)
+
+
+def test_config_files_in_utf16_or_with_a_bom_are_read_and_bad_bytes_are_named(tmp_path: Path) -> None:
+    text = json.dumps({"compression": {"algorithm": "l1_sparsity", "lambda": 0.1}})
+    for name, data in (
+        ("utf16.json", b"\xff\xfe" + text.encode("utf-16-le")),
+        ("utf8bom.json", b"\xef\xbb\xbf" + text.encode()),
+        ("utf32.json", text.encode("utf-32")),
+    ):
+        (tmp_path / name).write_bytes(data)
+        assert nncf_ext.load_config(tmp_path / name).algorithms[0][0] == "l1_sparsity", name
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(text.replace("{", '{"description": "café", ', 1).encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.json is not UTF-8"):  # was a raw UnicodeDecodeError
+        nncf_ext.load_config(bad)
+
+
+def test_a_huge_sample_size_is_refused_when_parsed() -> None:
+    entry = {"algorithm": "l1_sparsity", "lambda": 1e-5}
+    with pytest.raises(ConfigError) as info:  # failed inside torch in create_compression
+        nncf_ext.load_config({"input_info": {"sample_size": [1, 10**20]}, "compression": entry})
+    assert info.value.path == "input_info.sample_size" and "elements" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        nncf_ext.load_config(
+            {"input_info": [{"sample_size": [1, 4]}, {"sample_size": [2**16] * 3}], "compression": entry}
+        )
+    assert info.value.path == "input_info[1].sample_size"
+    assert nncf_ext.load_config({"input_info": {"sample_size": [2**31]}, "compression": entry})

@@ -55,3 +55,10 @@ def test_an_empty_stream_costs_nothing_and_round_trips() -> None:
     encoded = encode(np.zeros(0, dtype=np.int64), 8)
     assert encoded.data == b"" and encoded.payload_bits == 0
     assert decode(encoded).size == 0
+
+
+def test_more_symbols_than_codes_of_max_length_is_refused() -> None:
+    # 5 symbols cannot all get codes of at most 2 bits: this looped forever
+    with pytest.raises(ValueError, match="5 symbols"):
+        code_lengths(np.ones(5, dtype=np.int64), max_length=2)
+    assert code_lengths(np.ones(4, dtype=np.int64), max_length=2).tolist() == [2, 2, 2, 2]

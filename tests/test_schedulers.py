@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -88,3 +89,45 @@ def test_bad_schedules(raw: object, path: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_schedule(raw, "s")
     assert info.value.path == path
+
+
+RAMP_VALUES = (
+    1e-5,
+    1e-4,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.07,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.7,
+    0.9,
+)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"type": "exponential", "start_epoch": 1, "end_epoch": 7},
+        {"type": "polynomial", "start_epoch": 1, "end_epoch": 7, "power": 3},
+        {"type": "iterative", "cycles": 4, "fine_tune_epochs": 2, "start_epoch": 1},
+        {"type": "iterative", "cycles": 3, "fine_tune_epochs": 1, "ramp": "geometric"},
+        {"type": "iterative", "cycles": 1, "fine_tune_epochs": 1, "ramp": "geometric"},
+    ],
+)
+def test_ramps_end_exactly_at_target(shape: dict[str, object]) -> None:
+    # iterative 0.001 -> 0.01 ended at 0.010000000000000002, above a maximum checked against target
+    start = shape.get("start_epoch", 0)
+    assert isinstance(start, int)
+    for initial, target in itertools.product(RAMP_VALUES, repeat=2):
+        s = parse_schedule({**shape, "initial": initial, "target": target}, "s")
+        assert s(s.final_epoch) == target and s(s.final_epoch + 5) == target, (initial, target)
+        if shape.get("cycles") != 1:  # one cycle starts at the target
+            assert s(start) == initial, (initial, target)

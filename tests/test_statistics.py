@@ -144,3 +144,27 @@ def test_table_of_a_fully_pruned_layer(example_input: torch.Tensor) -> None:
     text = json.dumps(pipeline.statistics().to_dict(), allow_nan=False)
     (fc,) = [layer for layer in json.loads(text)["layers"] if layer["name"] == "fc.weight"]
     assert fc["compressed_bytes"] == 0 and fc["ratio"] is None
+
+
+def test_other_parameters_show_their_own_bits() -> None:
+    # the "(other parameters)" row printed 32 bits for an fp16 model (its bytes were right)
+    model = sparse_model().half()
+    config = {"compression": {"algorithm": "threshold_pruning", "threshold": 0.01}}
+    nncf_ext.create_compression(model, config, torch.randn(1, 4).half())
+    stat = nncf_ext.compression_statistic(model)
+    row = next(line for line in str(stat).splitlines() if "(other parameters)" in line)
+    assert row.split("│")[5].strip() == "16"
+    assert stat.other_params == 8 and stat.other_bytes == 16 and stat.other_bits == 16
+    assert json.loads(json.dumps(stat.to_dict()))["other_bits"] == 16
+
+    class Mixed(nn.Module):  # an fp32 layer and an fp16 one: the mean bits per element
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4).half()
+
+    mixed = nncf_ext.compression_statistic(Mixed())
+    assert mixed.other_bits == 24 and mixed.to_dict()["other_bits"] == 24
+    row = next(line for line in str(mixed).splitlines() if "(other parameters)" in line)
+    assert row.split("│")[5].strip() == "24"
+    assert nncf_ext.compression_statistic(nn.Sequential()).to_dict()["other_bits"] == 0
