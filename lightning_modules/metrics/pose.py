@@ -24,6 +24,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.5)
+_FLOAT_STATES = ("errors", "diameters", "depths")
+_FLAG_STATES = ("symmetric", "missed")  # stored as 0 / 1 in the metric's dtype
 DEPTH_BINS = ("near", "medium", "far")
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
@@ -148,8 +150,11 @@ class PoseAccuracy(Metric):
     def __init__(self, thresholds: Sequence[float] = THRESHOLDS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.thresholds = tuple(float(k) for k in thresholds)
-        for name in ("errors", "diameters", "depths", "symmetric", "missed"):
+        for name in (*_FLOAT_STATES, *_FLAG_STATES):
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        # every state in the metric's dtype: a process without updates syncs an empty tensor of that dtype,
+        # which must match the others' (torchmetrics' gather needs one dtype and element size)
+        self.set_dtype(torch.float64)
 
     def update(
         self,
@@ -164,24 +169,26 @@ class PoseAccuracy(Metric):
     ) -> None:
         sym = _np(symmetric).astype(bool).reshape(-1)
         det = np.ones_like(sym) if detected is None else _np(detected).astype(bool).reshape(-1)
-        errors = pose_errors(R_est, t_est, R_gt, t_gt, points, sym)
-        errors[~det] = np.nan
-        depth = _np(t_gt).reshape(len(sym), 3)[:, 2]
         diam = _np(diameters).reshape(-1)
         if not (len(det) == len(diam) == len(sym)):
             raise ValueError(
                 f"detected and diameters need {len(sym)} entries, got {len(det)} and {len(diam)}"
             )
+        if len(sym) == 0:
+            return
+        errors = pose_errors(R_est, t_est, R_gt, t_gt, points, sym)
+        errors[~det] = np.nan
+        depth = _np(t_gt).reshape(len(sym), 3)[:, 2]
         values = {"errors": errors, "diameters": diam, "depths": depth, "symmetric": sym, "missed": ~det}
         for name, value in values.items():
             state: list[torch.Tensor] = getattr(self, name)
-            state.append(torch.as_tensor(value, device=self.device))
+            state.append(torch.as_tensor(value, dtype=self.dtype, device=self.device))
 
     def _cat(self, name: str) -> np.ndarray:
         state = getattr(self, name)
-        if isinstance(state, list) and not state:
-            return np.zeros(0)
-        return dim_zero_cat(state).cpu().numpy()
+        empty = isinstance(state, list) and not state
+        values = np.zeros(0) if empty else dim_zero_cat(state).cpu().numpy()
+        return values.astype(bool) if name in _FLAG_STATES else values
 
     def compute(self) -> dict[str, torch.Tensor]:
         result = pose_accuracy(
@@ -195,4 +202,4 @@ class PoseAccuracy(Metric):
 
     def per_sample(self) -> dict[str, np.ndarray]:
         """The accumulated per-sample errors, diameters, depths, symmetric and missed flags."""
-        return {name: self._cat(name) for name in ("errors", "diameters", "depths", "symmetric", "missed")}
+        return {name: self._cat(name) for name in (*_FLOAT_STATES, *_FLAG_STATES)}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import socket
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from lightning_modules.metrics import (
     PoseAccuracy,
@@ -171,3 +174,38 @@ def test_metric_accumulates_and_merges_like_ddp() -> None:
     func = pose_accuracy(errors, whole["diameters"], whole["t_gt"][:, 2], ~whole["detected"])
     assert float(expected["add_0.2d_far"]) == pytest.approx(func["add_0.2d_far"])
     assert 0.0 < float(expected["add_0.2d"]) < 1.0  # the fixture is neither trivially right nor wrong
+
+
+def test_metric_ignores_empty_updates_and_checks_lengths_first() -> None:
+    metric = PoseAccuracy()
+    empty = np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros((0, 3))
+    metric.update(*empty, np.zeros((0, 5, 3)), [], [], [])  # an empty batch adds nothing
+    batch = _random_batch(0, 4)
+    metric.update(**batch)
+    assert float(metric.compute()["count"]) == 4
+    with pytest.raises(ValueError, match="detected and diameters need 4 entries, got 3"):
+        metric.update(**{**batch, "detected": batch["detected"][:3]})
+
+
+def _ddp_worker(rank: int, port: int, out: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    metric = PoseAccuracy()
+    if rank == 0:  # rank 1 sees no sample (a custom sampler, an iterable data set)
+        metric.update(**_random_batch(0, 20))
+    out[rank] = {k: float(v) for k, v in metric.compute().items()}
+    out[f"missed_dtype_{rank}"] = str(metric.per_sample()["missed"].dtype)
+    dist.destroy_process_group()
+
+
+def test_metric_syncs_when_a_process_had_no_update() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, out), nprocs=2, join=True)
+    single = PoseAccuracy()
+    single.update(**_random_batch(0, 20))
+    expected = {k: float(v) for k, v in single.compute().items()}
+    for rank in (0, 1):
+        assert out[rank] == pytest.approx(expected, nan_ok=True)
+        assert out[f"missed_dtype_{rank}"] == "bool"
