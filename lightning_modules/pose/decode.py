@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 Aggregation = Literal["mean", "median", "ransac"]
+MIN_KEYPOINT_EXTENT = 1.0  # px: keypoints spanning less than this give no pose
 
 
 @dataclass
@@ -50,7 +51,8 @@ def solve_pose(
     aggregation: Aggregation = "mean",
     ransac_threshold: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """R (3, 3), t (3,) from keypoint votes (k, 9, 2) with ``weights`` (k,), or None when PnP fails.
+    """R (3, 3), t (3,) from keypoint votes (k, 9, 2) with ``weights`` (k,), or None when PnP fails, the
+    keypoints span less than ``MIN_KEYPOINT_EXTENT`` px, or the pose lies behind the camera.
 
     ``mean`` / ``median``: per-keypoint weighted mean / median of the votes, then EPnP + Levenberg-Marquardt.
     ``ransac``: every vote is a correspondence for ``solvePnPRansac`` (inlier threshold
@@ -90,11 +92,13 @@ def solve_pose(
         ok, rvec, tvec = cv2.solvePnP(pts3, pts2, K, None, flags=cv2.SOLVEPNP_EPNP)
         if not ok:
             return None
+    if float(np.ptp(pts2, axis=0).max()) < MIN_KEYPOINT_EXTENT:
+        return None  # the votes collapsed to a point (an untrained head): PnP would give t ~ 1e15 mm
     ok, rvec, tvec = cv2.solvePnP(
         pts3, pts2, K, None, rvec, tvec, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE
     )
-    if not ok or not np.all(np.isfinite(tvec)):
-        return None
+    if not ok or not np.all(np.isfinite(tvec)) or tvec[2, 0] <= 0:
+        return None  # no pose, or one behind the camera
     return cv2.Rodrigues(rvec)[0], tvec.reshape(3)
 
 

@@ -28,7 +28,8 @@ def encode_targets(
     """Assign objects to cells as WDR does: a level takes an object whose 2D size lies in
     ``[lo * stride, hi * stride]`` (the finest level has no lower bound, the coarsest no upper bound), and
     its cells whose centre falls inside the object's visible mask become positives. An object too small
-    to cover a cell centre gets the cell containing its projected centre.
+    to cover a cell centre gets the cell containing its projected centre; an object with an empty visible
+    mask gets no cell.
 
     keypoints (B, M, 9, 2) px, labels (B, M) with -1 padding, masks (B, M, H, W) bool visible masks.
     """
@@ -53,7 +54,9 @@ def encode_targets(
         hi = float("inf") if level == len(strides) - 1 else scale_range[1] * s
         assigned = valid & (size >= lo) & (size <= hi)
         inside = inside & assigned[..., None, None]
-        missing = assigned & ~inside.flatten(2).any(-1)
+        # an object whose visible mask covers no cell centre gets the cell of its centre; one that is not
+        # visible at all (fully occluded, or moved out of the frame) gets no cell
+        missing = assigned & masks.flatten(2).any(-1) & ~inside.flatten(2).any(-1)
         cx = (centre[..., 0] / s).floor().clamp(0, w - 1).long()
         cy = (centre[..., 1] / s).floor().clamp(0, h - 1).long()
         fallback = torch.zeros_like(inside).flatten(2)

@@ -48,6 +48,13 @@ def test_robust_aggregations_ignore_outlier_votes() -> None:
         solve_pose(KP3D, votes, weights, K, "vote")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("aggregation", ["mean", "median", "ransac"])
+def test_collapsed_votes_give_no_pose(aggregation: Aggregation) -> None:
+    """An untrained head puts every keypoint on its cell: PnP would report t ~ 1e15 mm as a detection."""
+    votes = np.full((5, 9, 2), 40.0) + np.random.default_rng(0).normal(0, 0.1, (5, 9, 2))
+    assert solve_pose(KP3D, votes, np.ones(5), K, aggregation) is None
+
+
 def test_weighted_median() -> None:
     values = np.array([[1.0, 10.0], [2.0, 30.0], [100.0, 20.0]])
     np.testing.assert_allclose(weighted_median(values, np.array([1.0, 1.0, 1.0])), [2.0, 20.0])

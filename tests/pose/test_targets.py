@@ -47,6 +47,17 @@ def test_tiny_object_gets_the_cell_of_its_centre_and_padding_is_ignored() -> Non
     assert targets.labels[0, pos].tolist() == [0]
 
 
+def test_fully_hidden_object_gets_no_cell() -> None:
+    """Its projected centre shows the occluder: labelling that cell with its class would teach a mistake."""
+    kp1, mask1 = square_instance(50, 60, 24)
+    kp2, _ = square_instance(10, 10, 24)
+    hidden = torch.zeros_like(mask1)  # visib_fract 0: fully occluded (by clutter) or out of the frame
+    targets = encode_targets(
+        torch.stack([kp1, kp2])[None], torch.tensor([[0, 1]]), torch.stack([mask1, hidden])[None], STRIDES
+    )
+    assert targets.positive[0].any() and not (targets.labels[0] == 1).any()
+
+
 def test_loss_is_zero_for_perfect_keypoints_and_grows_with_error() -> None:
     kp, mask = square_instance(30, 30, 48)
     targets = encode_targets(kp[None, None], torch.tensor([[0]]), mask[None, None], STRIDES)
