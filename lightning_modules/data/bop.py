@@ -80,6 +80,28 @@ def _matrix(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
         raise DataError(f"{where}: expected {int(np.prod(shape))} numbers, got {value!r}") from exc
 
 
+def _number(value: Any, where: str, kind: type[int] | type[float] = float) -> Any:
+    """``value`` as a finite ``kind``; a bool, a string or a fractional id is a DataError naming ``where``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if not ok:
+        raise DataError(f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
+def _key_id(key: str, where: str, what: str = "image") -> int:
+    if not (isinstance(key, str) and key.isdigit()):
+        raise DataError(f"{where}: keys must be {what} ids (digits), got {key!r}")
+    return int(key)
+
+
+def _object(value: Any, where: str, kind: type) -> Any:
+    if not isinstance(value, kind):
+        raise DataError(f"{where}: expected a JSON {'object' if kind is dict else 'list'}, got {value!r:.60}")
+    return value
+
+
 def load_models(
     models_dir: str | Path, obj_ids: Sequence[int] | None = None, keypoints: str = "bbox"
 ) -> dict[int, ObjectModel]:
@@ -91,7 +113,7 @@ def load_models(
     info = read_json(info_path)
     if not isinstance(info, dict):
         raise DataError(f"{info_path}: expected an object keyed by obj_id")
-    wanted = sorted(int(k) for k in info) if obj_ids is None else list(obj_ids)
+    wanted = sorted(_key_id(k, str(info_path), "object") for k in info) if obj_ids is None else list(obj_ids)
     models = {}
     for obj_id in wanted:
         entry = info.get(str(obj_id))
@@ -111,9 +133,8 @@ def load_models(
             symmetries = Symmetries.from_models_info(entry)
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{info_path}: bad symmetries for obj_id {obj_id} ({exc})") from exc
-        models[obj_id] = ObjectModel(
-            obj_id, points, float(entry["diameter"]), symmetries, model_keypoints(points, keypoints)
-        )
+        diameter = _number(entry["diameter"], f"{info_path}[{obj_id}].diameter")
+        models[obj_id] = ObjectModel(obj_id, points, diameter, symmetries, model_keypoints(points, keypoints))
     return models
 
 
@@ -131,22 +152,30 @@ def load_annotations(
     out = []
     for scene in scenes:
         gt_path, cam_path = scene / "scene_gt.json", scene / "scene_camera.json"
-        scene_gt, scene_cam = read_json(gt_path), read_json(cam_path)
+        scene_gt = _object(read_json(gt_path), str(gt_path), dict)
+        scene_cam = _object(read_json(cam_path), str(cam_path), dict)
         info_path = scene / "scene_gt_info.json"
-        scene_info = read_json(info_path) if info_path.is_file() else {}
-        for key in sorted(scene_gt, key=int):
-            if key not in scene_cam or "cam_K" not in scene_cam[key]:
+        scene_info = _object(read_json(info_path), str(info_path), dict) if info_path.is_file() else {}
+        for key in sorted(scene_gt, key=lambda k: _key_id(k, str(gt_path))):
+            camera = scene_cam.get(key)
+            if not isinstance(camera, dict) or "cam_K" not in camera:
                 raise DataError(f"{cam_path}: no cam_K for image {key}")
-            K = _matrix(scene_cam[key]["cam_K"], (3, 3), f"{cam_path}[{key}].cam_K")
-            infos = scene_info.get(key, [])
-            for gt_idx, gt in enumerate(scene_gt[key]):
+            K = _matrix(camera["cam_K"], (3, 3), f"{cam_path}[{key}].cam_K")
+            infos = _object(scene_info.get(key, []), f"{info_path}[{key}]", list)
+            for gt_idx, gt in enumerate(_object(scene_gt[key], f"{gt_path}[{key}]", list)):
                 where = f"{gt_path}[{key}][{gt_idx}]"
-                if not all(k in gt for k in ("cam_R_m2c", "cam_t_m2c", "obj_id")):
+                if not isinstance(gt, dict) or not all(k in gt for k in ("cam_R_m2c", "cam_t_m2c", "obj_id")):
                     raise DataError(f"{where}: needs cam_R_m2c, cam_t_m2c and obj_id")
-                obj_id = int(gt["obj_id"])
+                obj_id = _number(gt["obj_id"], f"{where}.obj_id", int)
                 if wanted is not None and obj_id not in wanted:
                     continue
-                visib = float(infos[gt_idx]["visib_fract"]) if gt_idx < len(infos) else None
+                visib = None
+                if gt_idx < len(infos):
+                    info_where = f"{info_path}[{key}][{gt_idx}]"
+                    info = _object(infos[gt_idx], info_where, dict)
+                    if "visib_fract" not in info:
+                        raise DataError(f"{info_where}: no visib_fract")
+                    visib = _number(info["visib_fract"], f"{info_where}.visib_fract")
                 if visib is not None and visib < min_visib_fract:
                     continue
                 R = _matrix(gt["cam_R_m2c"], (3, 3), f"{where}.cam_R_m2c")

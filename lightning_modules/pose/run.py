@@ -17,6 +17,7 @@ from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset
 from lightning_modules.data.pose_augment import PoseAugment
 from lightning_modules.metrics.pose import DEPTH_BINS, THRESHOLDS, PoseAccuracy
 from lightning_modules.pose.module import PoseModule
+from nncf_ext.errors import ConfigError
 
 
 @dataclass
@@ -75,10 +76,15 @@ def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLo
         keypoints=cfg.keypoints,
     )
     test = BopEvalDataset(root, cfg.test_split, cfg.obj_ids, cfg.image_size, keypoints=cfg.keypoints)
-    train_set: Any = (
-        train if cfg.train_limit is None else torch.utils.data.Subset(train, range(cfg.train_limit))
+    train_set, test_set = (
+        _limited(train, cfg.train_limit, "train_limit"),
+        _limited(test, cfg.test_limit, "test_limit"),
     )
-    test_set: Any = test if cfg.test_limit is None else torch.utils.data.Subset(test, range(cfg.test_limit))
+    if len(train_set) < cfg.batch_size:  # drop_last: no full batch, no training step
+        raise ConfigError(
+            "batch_size",
+            f"{cfg.batch_size} is more than the {len(train_set)} training images: no step would run",
+        )
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
         train_set,
@@ -91,6 +97,17 @@ def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLo
     )
     test_loader = DataLoader(test_set, batch_size=cfg.batch_size, collate_fn=BopEvalDataset.collate)
     return train_loader, test_loader, train
+
+
+def _limited(dataset: Any, limit: int | None, name: str) -> Any:
+    """The first ``limit`` items of ``dataset`` (all for None), checked before any training starts."""
+    if limit is None:
+        return dataset
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= len(dataset):
+        raise ConfigError(
+            name, f"must be an integer in [1, {len(dataset)}] (the split's size), got {limit!r}"
+        )
+    return torch.utils.data.Subset(dataset, range(limit))
 
 
 def evaluate(module: PoseModule, loader: DataLoader) -> tuple[dict[str, float], float]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -145,6 +147,53 @@ def test_bad_pose_entries_are_named(bop_root: Path) -> None:
     gt_path.write_text(json.dumps(gt))
     with pytest.raises(DataError, match=r"scene_gt.json\[1\]\[0\].cam_R_m2c"):
         BopEvalDataset(bop_root, "test")
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "message"),
+    [
+        (
+            "scene_gt.json",
+            lambda d: d["0"][0].update(obj_id="x"),
+            r"scene_gt.json\[0\]\[0\].obj_id: expected an integer",
+        ),
+        ("scene_gt.json", lambda d: d["0"][0].update(obj_id=1.5), r"obj_id: expected an integer, got 1.5"),
+        ("scene_gt.json", lambda d: d.update({"abc": []}), r"keys must be image ids \(digits\), got 'abc'"),
+        ("scene_gt.json", lambda d: d.update({"0": {"a": 1}}), r"scene_gt.json\[0\]: expected a JSON list"),
+        ("scene_camera.json", lambda d: d.update({"0": [1, 2]}), "no cam_K for image 0"),
+        ("scene_gt_info.json", lambda d: d["0"][0].pop("visib_fract"), r"\[0\]\[0\]: no visib_fract"),
+        (
+            "scene_gt_info.json",
+            lambda d: d["0"][0].update(visib_fract="high"),
+            "visib_fract: expected a number",
+        ),
+    ],
+)
+def test_malformed_scene_entries_are_named(
+    bop_root: Path, file: str, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    scene = bop_root / "test" / "000003"
+    info = {str(i): [{"visib_fract": 1.0}] for i in range(len(POSES))}
+    (scene / "scene_gt_info.json").write_text(json.dumps(info))
+    data = json.loads((scene / file).read_text())
+    edit(data)
+    (scene / file).write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        BopEvalDataset(bop_root, "test")
+
+
+def test_malformed_models_info_is_named(bop_root: Path) -> None:
+    info_path = bop_root / "models" / "models_info.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "readme": {}}))
+    with pytest.raises(DataError, match="keys must be object ids"):
+        load_models(bop_root / "models")
+    info_path.write_text(json.dumps({**info, "1": {"diameter": "big"}}))
+    with pytest.raises(DataError, match=r"models_info.json\[1\].diameter: expected a number, got 'big'"):
+        load_models(bop_root / "models")
+    info_path.write_text(json.dumps(["not", "an", "object"]))
+    with pytest.raises(DataError, match="expected an object keyed by obj_id"):
+        load_models(bop_root / "models")
 
 
 def test_cache_serves_decoded_items_without_rereading(bop_root: Path) -> None:

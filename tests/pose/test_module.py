@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset
 from lightning_modules.data.pose_synth import SynthConfig, pose_synth
 from lightning_modules.pose.module import PoseModule
-from lightning_modules.pose.run import evaluate
+from lightning_modules.pose.run import TrainConfig, data_loaders, evaluate
+from nncf_ext.errors import ConfigError
 
 CFG = SynthConfig(
     seed=11, image_size=64, focal=75.0, num_train=8, num_test=4, supersample=2, occlusion_prob=0.0
@@ -80,6 +81,23 @@ def test_short_fit_lowers_the_loss_and_validates(root: Path, tmp_path: Path) -> 
 
     metrics, _ = evaluate(module, DataLoader(val, batch_size=4, collate_fn=BopEvalDataset.collate))
     assert metrics["count"] == 4.0 and 0.0 <= metrics["add_0.5d"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"test_limit": 5}, r"test_limit.*\[1, 4\].*got 5"),  # would fail in evaluate, after the training
+        ({"train_limit": 0}, r"train_limit.*got 0"),
+        ({"train_limit": 2, "batch_size": 4}, "batch_size.*no step would run"),  # drop_last: zero batches
+    ],
+)
+def test_data_limits_are_checked_before_training(root: Path, limits: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        data_loaders(root, TrainConfig(workers=0, **limits))
+    train_loader, test_loader, _ = data_loaders(
+        root, TrainConfig(workers=0, train_limit=4, test_limit=4, batch_size=4)
+    )
+    assert len(train_loader) == 1 and len(test_loader.dataset) == 4
 
 
 def test_rejects_malformed_keypoints() -> None:
