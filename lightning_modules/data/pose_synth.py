@@ -12,6 +12,7 @@ stream, so a config always yields the same bytes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from lightning_modules.data.meshes import box_mesh, cylinder_mesh, diameter, l_b
 from lightning_modules.data.render import Light, MeshArrays, Renderer
 
 OBJECT_NAMES = {1: "l_block", 2: "cylinder"}
-GENERATOR_VERSION = 4  # bump whenever drawing or rendering changes, so that no stale cache is reused
+GENERATOR_VERSION = 5  # bump whenever drawing or rendering changes, so that no stale cache is reused
 _INFO_FILE = "dataset_info.json"
 
 
@@ -45,7 +46,7 @@ class SynthConfig:
     elevation_range: tuple[float, float] = (5.0, 75.0)  # degrees above the object's xy-plane ("upper")
     max_roll: float = 25.0  # degrees of camera roll about its optical axis ("upper")
     occlusion_prob: float = 0.5
-    min_visib_fract: float = 0.4
+    min_visib_fract: float = 0.4  # an occluder leaves at least this much of the in-image silhouette visible
     max_distractors: int = 2
     supersample: int = 3
 
@@ -193,11 +194,14 @@ def _light(rng: np.random.Generator) -> Light:
     )
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
+def _bbox(mask: np.ndarray, offset: int = 0) -> list[int]:
+    """(x, y, w, h) of a mask as ``bop_toolkit_lib.misc.calc_2d_bbox``: w = x_max - x_min; empty: -1s.
+    ``offset``: where the image starts on a larger canvas."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
-        return [-1, -1, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        return [-1, -1, -1, -1]
+    x, y = int(xs.min()), int(ys.min())
+    return [x - offset, y - offset, int(xs.max()) - x, int(ys.max()) - y]
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,8 @@ class _Sample:
     obj_id: int
     R: np.ndarray
     t: np.ndarray
+    px_count_all: int  # pixels of the whole silhouette, the part outside the image included
+    bbox_obj: list[int]  # its box, which may reach outside the image
 
 
 class _SceneWriter:
@@ -260,12 +266,35 @@ class _SceneWriter:
         colour, coverage, ids = self.renderer.render(scene, self.K, light)
         ss_visib = ids == 1
         mask_visib = self.renderer.downsample(ss_visib.astype(np.float32)) >= 0.5
-        mask = self.renderer.downsample(self.renderer.silhouette(*scene[0], self.K).astype(np.float32)) >= 0.5
+        silhouette = self.renderer.silhouette(*scene[0], self.K)
+        mask = self.renderer.downsample(silhouette.astype(np.float32)) >= 0.5
         image = colour + (1.0 - coverage[..., None]) * bg
         gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, 3)
         image = image * gain + rng.uniform(-0.06, 0.06) + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
         rgb = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-        return _Sample(rgb, mask, mask_visib, obj_id, R, t)
+        px_count_all, bbox_obj = self._whole_silhouette(obj_id, R, t, mask, silhouette)
+        return _Sample(rgb, mask, mask_visib, obj_id, R, t, px_count_all, bbox_obj)
+
+    def _whole_silhouette(
+        self, obj_id: int, R: np.ndarray, t: np.ndarray, mask: np.ndarray, supersampled: np.ndarray
+    ) -> tuple[int, list[int]]:
+        """Pixel count and box of the object's whole silhouette, as BOP's ``calc_gt_info`` measures them on a
+        canvas three times the image: the part cut off by the image border counts too. ``mask`` is the
+        in-image silhouette, ``supersampled`` the same before downsampling."""
+        border = supersampled[0].any() or supersampled[-1].any() or supersampled[:, 0].any()
+        if not (border or supersampled[:, -1].any()):
+            return int(mask.sum()), _bbox(mask)
+        size = self.cfg.image_size
+        canvas = np.zeros((3 * size, 3 * size), dtype=bool)
+        for row, col in itertools.product(range(3), range(3)):
+            tile = mask
+            if (row, col) != (1, 1):  # render the neighbouring image: the principal point shifted by a size
+                K = self.K.copy()
+                K[:2, 2] -= ((col - 1) * size, (row - 1) * size)
+                silhouette = self.renderer.silhouette(self.models[obj_id], R, t, K)
+                tile = self.renderer.downsample(silhouette.astype(np.float32)) >= 0.5
+            canvas[row * size : (row + 1) * size, col * size : (col + 1) * size] = tile
+        return int(canvas.sum()), _bbox(canvas, offset=size)
 
     def _visibility(
         self,
@@ -297,10 +326,10 @@ class _SceneWriter:
                 }
             ]
             scene_camera[str(im_id)] = {"cam_K": K_list, "depth_scale": 1.0}
-            full, visib = int(s.mask.sum()), int(s.mask_visib.sum())
+            full, visib = s.px_count_all, int(s.mask_visib.sum())
             scene_gt_info[str(im_id)] = [
                 {
-                    "bbox_obj": _bbox(s.mask),
+                    "bbox_obj": s.bbox_obj,
                     "bbox_visib": _bbox(s.mask_visib),
                     "px_count_all": full,
                     "px_count_visib": visib,

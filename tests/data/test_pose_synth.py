@@ -11,7 +11,9 @@ import pytest
 import trimesh
 
 from lightning_modules.data.bop import BopEvalDataset, load_annotations, read_mask
+from lightning_modules.data.meshes import mesh_arrays
 from lightning_modules.data.pose_synth import SynthConfig, pose_synth
+from lightning_modules.data.render import Renderer
 from lightning_modules.pose.keypoints import project
 
 TINY = SynthConfig(seed=3, image_size=64, focal=75.0, num_train=6, num_test=4, supersample=2)
@@ -80,13 +82,45 @@ def test_occluders_hide_part_of_the_object(tmp_path: Path) -> None:
         seed=6, image_size=64, focal=75.0, num_train=6, num_test=0, supersample=2, occlusion_prob=1.0
     )
     root = pose_synth(cfg, tmp_path)
-    info = json.loads((root / "train" / "000000" / "scene_gt_info.json").read_text())
-    fractions = [entry[0]["visib_fract"] for entry in info.values()]
-    assert min(fractions) >= cfg.min_visib_fract and np.mean(fractions) < 0.97
+    fractions = []  # of the silhouette inside the image, which the occluders' placement rule measures
     for ann in load_annotations(root / "train"):
         visib = read_mask(ann.scene_dir, ann.im_id, 0)
         full = read_mask(ann.scene_dir, ann.im_id, 0, "mask")
         assert not (visib & ~full).any()  # visible part lies inside the full silhouette
+        fractions.append(visib.sum() / full.sum())
+    assert min(fractions) >= cfg.min_visib_fract - 0.02 and np.mean(fractions) < 0.97  # 0.02: downsampling
+
+
+def test_truncated_objects_count_their_whole_silhouette(tmp_path: Path) -> None:
+    """px_count_all, bbox_obj and visib_fract include the part cut off by the image border, as BOP's
+    calc_gt_info (which renders on a canvas three times the image) does."""
+    cfg = SynthConfig(
+        seed=8, image_size=64, focal=75.0, num_train=12, num_test=0, supersample=2, occlusion_prob=0.0,
+        max_distractors=0, depth_range=(150.0, 250.0),
+    )  # fmt: skip
+    root = pose_synth(cfg, tmp_path)
+    scene = root / "train" / "000000"
+    info = json.loads((scene / "scene_gt_info.json").read_text())
+    meshes = {i: mesh_arrays(trimesh.load_mesh(str(root / "models" / f"obj_{i:06d}.ply"), process=False))
+              for i in (1, 2)}  # fmt: skip
+    canvas = Renderer(3 * 64, 3 * 64, cfg.supersample)  # the whole image and its eight neighbours at once
+    truncated = 0
+    for ann in load_annotations(root / "train"):
+        entry = info[str(ann.im_id)][0]
+        K = ann.K.copy()
+        K[:2, 2] += 64
+        whole = (
+            canvas.downsample(canvas.silhouette(meshes[ann.obj_id], ann.R, ann.t, K).astype(np.float32))
+            >= 0.5
+        )
+        ys, xs = np.nonzero(whole)
+        assert entry["px_count_all"] == whole.sum()
+        assert entry["bbox_obj"] == [xs.min() - 64, ys.min() - 64, xs.max() - xs.min(), ys.max() - ys.min()]
+        inside = read_mask(ann.scene_dir, ann.im_id, 0, "mask").sum()
+        assert entry["visib_fract"] == pytest.approx(inside / whole.sum(), abs=1e-6)  # nothing occludes it
+        truncated += int(inside < whole.sum())
+    canvas.release()
+    assert 0 < truncated < len(info)  # some objects are cut by the border, and some are not
 
 
 def test_depths_span_the_configured_range(tmp_path: Path) -> None:
