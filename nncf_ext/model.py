@@ -76,16 +76,23 @@ def run_model(model: nn.Module, example_input: Any) -> Any:
 
 
 @contextmanager
-def frozen_state(model: nn.Module) -> Iterator[None]:
-    """Run forward passes that change nothing: eval mode (no BN statistics update) and no grad."""
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside (BatchNorm uses and keeps its running statistics, no dropout); every submodule's own
+    mode restored after."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         for m, training in modes.items():
             m.training = training
+
+
+@contextmanager
+def frozen_state(model: nn.Module) -> Iterator[None]:
+    """Run forward passes that change nothing: eval mode (no BN statistics update) and no grad."""
+    with eval_mode(model), torch.no_grad():
+        yield
 
 
 def example_like_model(model: nn.Module, example_input: Any) -> Any:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from nncf_ext.errors import CheckpointError
-from nncf_ext.model import get_weight
+from nncf_ext.model import eval_mode, frozen_state, get_weight
 from nncf_ext.quantizers import init_weight_range, make_weight_quantizer
 from nncf_ext.scopes import WeightInfo
 
@@ -191,21 +191,24 @@ def hessian_traces(
     """Hutchinson estimates of ``Tr(H_m)`` per module: the mean of ``v^T H v`` over Rademacher ``v``.
 
     One Hessian-vector product per sample serves every module: block cross terms vanish in expectation.
+    ``loss_fn`` runs in eval mode, as PyHessian (HAWQ-V3's) runs it: BatchNorm uses its running statistics
+    and does not update them, so measuring leaves the model as it was.
     """
     params = {name: [get_weight(model, w.name) for w in ws] for name, ws in modules.items()}
     flat = [p for ps in params.values() for p in ps]
     g = torch.Generator().manual_seed(seed)
     traces = dict.fromkeys(modules, 0.0)
-    loss = loss_fn()
-    grads = torch.autograd.grad(loss, flat, create_graph=True)
-    for _ in range(samples):
-        vs = [(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p) for p in flat]
-        hvs = torch.autograd.grad(grads, flat, grad_outputs=vs, retain_graph=True)
-        i = 0
-        for name, ps in params.items():
-            for _ in ps:
-                traces[name] += float((hvs[i] * vs[i]).sum()) / samples
-                i += 1
+    with eval_mode(model):
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, flat, create_graph=True)
+        for _ in range(samples):
+            vs = [(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p) for p in flat]
+            hvs = torch.autograd.grad(grads, flat, grad_outputs=vs, retain_graph=True)
+            i = 0
+            for name, ps in params.items():
+                for _ in ps:
+                    traces[name] += float((hvs[i] * vs[i]).sum()) / samples
+                    i += 1
     return traces
 
 
@@ -239,7 +242,8 @@ def hessian_sensitivity(
             # |trace|: near a minimum of a hinge-type loss (triplet) the estimate can come out negative,
             # which would rank the coarsest quantization best; the magnitude keeps the curvature ranking
             costs[name][bits] = abs(traces[name]) / n * perturbation
-    loss = float(loss_fn().detach())
+    with frozen_state(model):
+        loss = float(loss_fn())
     table = SensitivityTable("hessian", loss, costs, _fingerprint(modules), settings)
     if cache is not None:
         table.save(cache)

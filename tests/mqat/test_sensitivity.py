@@ -101,6 +101,32 @@ def test_hutchinson_trace_matches_the_exact_trace() -> None:
     assert abs(estimate - exact) / exact < 0.05
 
 
+def test_hessian_sensitivity_leaves_batchnorm_statistics_and_modes_as_they_were() -> None:
+    """Measured in eval mode, as PyHessian: a training-mode pass would move the running statistics of the
+    model that every method then fine-tunes, and dropout would make the trace random."""
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+            self.head = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x).mean((2, 3)))
+
+    model = Net().train()
+    model.head[0].eval()  # a submodule's own mode is kept too
+    x = torch.randn(8, 3, 6, 6) * 3 + 1
+    modules = resolve_modules(ModuleSpec(), model_weights(model, x[:1]), Scope(), "c")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = hessian_sensitivity(model, modules, BITS, lambda: model(x).pow(2).sum(), samples=8)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert model.training and model.backbone[1].training and not model.head[0].training
+    with torch.no_grad():
+        assert table.baseline == pytest.approx(float(model.eval()(x).pow(2).sum()))
+
+
 def test_sensitivity_quantizes_in_the_given_weight_format_and_records_it(tmp_path: Path) -> None:
     from nncf_ext.mqat import quantized_weight
 
