@@ -1,5 +1,7 @@
 # The two commands of the README (`make demo`, `make test`) work on a fresh clone:
-# they create .venv when missing and install torch (CPU wheel) first, then the rest.
+# they create .venv when missing and install torch (CPU wheel) first, then the rest. Where pip's
+# find-links hold no CPU wheel of torch, say where it is:
+#   make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

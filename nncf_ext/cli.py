@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--task", required=True, help="task to train: toy or retrieval")
     compress.add_argument("--config", required=True, help="compression config JSON")
     compress.add_argument(
-        "--data", default=None, help="dataset root (default: the embedded dataset of the task)"
+        "--data",
+        default=None,
+        help="the task's data: retrieval TRAIN_DIR,TEST_DIR (default: the task's embedded data)",
     )
     compress.add_argument("--epochs", type=POSITIVE, default=5, help="training epochs")
     compress.add_argument(
