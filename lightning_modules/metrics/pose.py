@@ -14,7 +14,7 @@ concatenated across processes (``dist_reduce_fx="cat"``), so the result is the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,9 +152,19 @@ class PoseAccuracy(Metric):
         self.thresholds = tuple(float(k) for k in thresholds)
         for name in (*_FLOAT_STATES, *_FLAG_STATES):
             self.add_state(name, default=[], dist_reduce_fx="cat")
-        # every state in the metric's dtype: a process without updates syncs an empty tensor of that dtype,
-        # which must match the others' (torchmetrics' gather needs one dtype and element size)
+        # every state in float64, the metric's dtype: a process without updates syncs an empty tensor of
+        # the metric's dtype, which must match the others' (torchmetrics' gather needs one dtype)
         self.set_dtype(torch.float64)
+
+    def _apply(self, fn: Callable[..., Any], exclude_state: Sequence[str] = ()) -> torch.nn.Module:
+        # torchmetrics resets the dtype to that of fn(float32 zeros) on every .to(device): keep float64, so
+        # that a moved metric (Lightning moves it with the module) still accumulates in float64
+        this = super()._apply(fn, exclude_state)
+        assert isinstance(this, PoseAccuracy)
+        this._dtype = torch.float64
+        for name in (*_FLOAT_STATES, *_FLAG_STATES):
+            setattr(this, name, [t.to(torch.float64) for t in getattr(this, name)])
+        return this
 
     def update(
         self,

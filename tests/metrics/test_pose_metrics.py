@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,6 +175,17 @@ def test_metric_accumulates_and_merges_like_ddp() -> None:
     func = pose_accuracy(errors, whole["diameters"], whole["t_gt"][:, 2], ~whole["detected"])
     assert float(expected["add_0.2d_far"]) == pytest.approx(func["add_0.2d_far"])
     assert 0.0 < float(expected["add_0.2d"]) < 1.0  # the fixture is neither trivially right nor wrong
+
+
+@pytest.mark.parametrize("move", [lambda m: m.to("cpu"), lambda m: m.to(torch.bfloat16), lambda m: m.half()])
+def test_metric_accumulates_in_float64_wherever_it_is_moved(move: Any) -> None:
+    """Lightning moves the metric with its module: torchmetrics would reset the dtype to float32 (or bf16)."""
+    metric = PoseAccuracy()
+    metric.update(**_random_batch(0, 5))
+    move(metric)
+    metric.update(**_random_batch(1, 5))
+    assert metric.dtype == torch.float64
+    assert all(t.dtype == torch.float64 for name in ("errors", "missed") for t in getattr(metric, name))
 
 
 def test_metric_ignores_empty_updates_and_checks_lengths_first() -> None:
