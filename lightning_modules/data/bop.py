@@ -12,6 +12,7 @@ Units are the data set's (mm for BOP). Images are returned as float CHW tensors 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +32,8 @@ from lightning_modules.pose.keypoints import (
     keypoints_2d,
     model_keypoints,
 )
-from nncf_ext.errors import DataError
+from nncf_ext.config_reader import check_float, check_int
+from nncf_ext.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def read_json(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: invalid JSON ({exc})") from exc
 
 
@@ -80,18 +82,24 @@ def _matrix(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
         raise DataError(f"{where}: expected {int(np.prod(shape))} numbers, got {value!r}") from exc
 
 
-def _number(value: Any, where: str, kind: type[int] | type[float] = float) -> Any:
-    """``value`` as a finite ``kind``; a bool, a string or a fractional id is a DataError naming ``where``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-    if ok and kind is int:
-        ok = float(value).is_integer()
-    if not ok:
-        raise DataError(f"{where}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
-    return kind(value)
+def _number(
+    value: Any,
+    where: str,
+    kind: type[int] | type[float] = float,
+    minimum: float = 0.0,
+    maximum: float = math.inf,
+) -> Any:
+    """``value`` as a ``kind`` in [minimum, maximum] (the config reader's checks), else a DataError."""
+    try:
+        if kind is int:
+            return check_int(value, where, int(minimum))
+        return check_float(value, where, minimum, None if math.isinf(maximum) else maximum)
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _key_id(key: str, where: str, what: str = "image") -> int:
-    if not (isinstance(key, str) and key.isdigit()):
+    if not (isinstance(key, str) and key.isascii() and key.isdigit()):
         raise DataError(f"{where}: keys must be {what} ids (digits), got {key!r}")
     return int(key)
 
@@ -133,7 +141,7 @@ def load_models(
             symmetries = Symmetries.from_models_info(entry)
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{info_path}: bad symmetries for obj_id {obj_id} ({exc})") from exc
-        diameter = _number(entry["diameter"], f"{info_path}[{obj_id}].diameter")
+        diameter = _number(entry["diameter"], f"{info_path}[{obj_id}].diameter", minimum=1e-9)
         models[obj_id] = ObjectModel(obj_id, points, diameter, symmetries, model_keypoints(points, keypoints))
     return models
 
@@ -166,7 +174,7 @@ def load_annotations(
                 where = f"{gt_path}[{key}][{gt_idx}]"
                 if not isinstance(gt, dict) or not all(k in gt for k in ("cam_R_m2c", "cam_t_m2c", "obj_id")):
                     raise DataError(f"{where}: needs cam_R_m2c, cam_t_m2c and obj_id")
-                obj_id = _number(gt["obj_id"], f"{where}.obj_id", int)
+                obj_id = _number(gt["obj_id"], f"{where}.obj_id", int, minimum=1)
                 if wanted is not None and obj_id not in wanted:
                     continue
                 visib = None
@@ -175,7 +183,7 @@ def load_annotations(
                     info = _object(infos[gt_idx], info_where, dict)
                     if "visib_fract" not in info:
                         raise DataError(f"{info_where}: no visib_fract")
-                    visib = _number(info["visib_fract"], f"{info_where}.visib_fract")
+                    visib = _number(info["visib_fract"], f"{info_where}.visib_fract", maximum=1.0)
                 if visib is not None and visib < min_visib_fract:
                     continue
                 R = _matrix(gt["cam_R_m2c"], (3, 3), f"{where}.cam_R_m2c")

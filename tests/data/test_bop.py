@@ -157,8 +157,10 @@ def test_bad_pose_entries_are_named(bop_root: Path) -> None:
             lambda d: d["0"][0].update(obj_id="x"),
             r"scene_gt.json\[0\]\[0\].obj_id: expected an integer",
         ),
-        ("scene_gt.json", lambda d: d["0"][0].update(obj_id=1.5), r"obj_id: expected an integer, got 1.5"),
+        ("scene_gt.json", lambda d: d["0"][0].update(obj_id=1.5), r"obj_id: expected an integer, got float"),
+        ("scene_gt.json", lambda d: d["0"][0].update(obj_id=0), r"obj_id: must be >= 1, got 0"),
         ("scene_gt.json", lambda d: d.update({"abc": []}), r"keys must be image ids \(digits\), got 'abc'"),
+        ("scene_gt.json", lambda d: d.update({"\u00b2": []}), "keys must be image ids"),  # a digit, not ASCII
         ("scene_gt.json", lambda d: d.update({"0": {"a": 1}}), r"scene_gt.json\[0\]: expected a JSON list"),
         ("scene_camera.json", lambda d: d.update({"0": [1, 2]}), "no cam_K for image 0"),
         ("scene_gt_info.json", lambda d: d["0"][0].pop("visib_fract"), r"\[0\]\[0\]: no visib_fract"),
@@ -167,6 +169,8 @@ def test_bad_pose_entries_are_named(bop_root: Path) -> None:
             lambda d: d["0"][0].update(visib_fract="high"),
             "visib_fract: expected a number",
         ),
+        ("scene_gt_info.json", lambda d: d["0"][0].update(visib_fract=1.5), "visib_fract: must be <= 1.0"),
+        ("scene_gt_info.json", lambda d: d["0"][0].update(visib_fract=10**400), "an integer too large"),
     ],
 )
 def test_malformed_scene_entries_are_named(
@@ -189,7 +193,13 @@ def test_malformed_models_info_is_named(bop_root: Path) -> None:
     with pytest.raises(DataError, match="keys must be object ids"):
         load_models(bop_root / "models")
     info_path.write_text(json.dumps({**info, "1": {"diameter": "big"}}))
-    with pytest.raises(DataError, match=r"models_info.json\[1\].diameter: expected a number, got 'big'"):
+    with pytest.raises(DataError, match=r"models_info.json\[1\].diameter: expected a number, got str"):
+        load_models(bop_root / "models")
+    info_path.write_text(json.dumps({**info, "1": {"diameter": 0}}))
+    with pytest.raises(DataError, match=r"diameter: must be >= 1e-09, got 0"):
+        load_models(bop_root / "models")
+    info_path.write_bytes(b'{"1": "\xff"}')  # not UTF-8: was a raw UnicodeDecodeError
+    with pytest.raises(DataError, match=r"models_info.json: invalid JSON"):
         load_models(bop_root / "models")
     info_path.write_text(json.dumps(["not", "an", "object"]))
     with pytest.raises(DataError, match="expected an object keyed by obj_id"):
