@@ -49,7 +49,7 @@ import nncf_ext
 from benchmarks.common import report
 from benchmarks.pose_base import held_out_loader
 from lightning_modules.callbacks import NNCFCompressionCallback
-from nncf_ext.model import model_weights
+from nncf_ext.model import frozen_state, model_weights
 from nncf_ext.mqat import ModuleSpec, hessian_sensitivity, measure_sensitivity, resolve_modules
 from nncf_ext.mqat.algo import module_bits
 from nncf_ext.scopes import Scope
@@ -261,12 +261,8 @@ def loss_sensitivity(task: TaskAdapter, model: nn.Module, batches: int = 8) -> C
     loss = task.loss_fn(model, batches)
 
     def evaluate() -> float:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            value = float(loss())
-        model.train(was_training)
-        return value
+        with frozen_state(model):
+            return float(loss())
 
     return evaluate
 

@@ -225,7 +225,9 @@ def hessian_sensitivity(
     init: str = "mse",
 ) -> SensitivityTable:
     """HAWQ-V3's sensitivity: mean Hessian trace of a module times its squared quantization perturbation."""
-    settings = {"samples": samples, **weight_format(mode, per_channel, init)}
+    # "traces": how the traces were measured; tables from before they were measured in eval mode lack it,
+    # so a cache of one is measured again
+    settings = {"samples": samples, "traces": "eval", **weight_format(mode, per_channel, init)}
     if (table := _cached(cache, "hessian", modules, candidate_bits, settings)) is not None:
         return table
     traces = hessian_traces(model, modules, loss_fn, samples)

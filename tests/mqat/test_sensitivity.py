@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,13 @@ def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Pat
         hessian_sensitivity(model, modules, BITS, lambda: 1 / 0, samples=8, cache=tmp_path / "h.json")
     assert hessian_sensitivity(
         model, modules, BITS, lambda: 1 / 0, samples=4, cache=tmp_path / "h.json"
-    ).settings == {"samples": 4, "mode": "symmetric", "per_channel": True, "init": "mse"}
+    ).settings == {"samples": 4, "traces": "eval", "mode": "symmetric", "per_channel": True, "init": "mse"}
+    # a table measured before the traces were taken in eval mode is measured again
+    old = json.loads((tmp_path / "h.json").read_text())
+    del old["settings"]["traces"]
+    (tmp_path / "h.json").write_text(json.dumps(old))
+    with pytest.raises(ZeroDivisionError):
+        hessian_sensitivity(model, modules, BITS, lambda: 1 / 0, samples=4, cache=tmp_path / "h.json")
 
 
 def test_hutchinson_trace_matches_the_exact_trace() -> None:
@@ -116,13 +123,16 @@ def test_hessian_sensitivity_leaves_batchnorm_statistics_and_modes_as_they_were(
             return self.head(self.backbone(x).mean((2, 3)))
 
     model = Net().train()
-    model.head[0].eval()  # a submodule's own mode is kept too
+    model.backbone[0].eval()  # a submodule's own mode is kept too
     x = torch.randn(8, 3, 6, 6) * 3 + 1
     modules = resolve_modules(ModuleSpec(), model_weights(model, x[:1]), Scope(), "c")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     table = hessian_sensitivity(model, modules, BITS, lambda: model(x).pow(2).sum(), samples=8)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    assert model.training and model.backbone[1].training and not model.head[0].training
+    assert model.training and model.backbone[1].training and model.head[0].training
+    assert not model.backbone[0].training
+    again = hessian_sensitivity(model, modules, BITS, lambda: model(x).pow(2).sum(), samples=8)
+    assert again.costs == table.costs  # no dropout mask drawn: the same traces
     with torch.no_grad():
         assert table.baseline == pytest.approx(float(model.eval()(x).pow(2).sum()))
 
@@ -148,6 +158,7 @@ def test_sensitivity_quantizes_in_the_given_weight_format_and_records_it(tmp_pat
     assert ratio == pytest.approx(errors["symmetric"] / errors["asymmetric"], rel=1e-4)
     assert tables["asymmetric"].settings == {
         "samples": 4,
+        "traces": "eval",
         "mode": "asymmetric",
         "per_channel": True,
         "init": "mse",
