@@ -22,7 +22,8 @@ def triplet_loss(
     """
     shared = negatives.ndim == 2
     if (
-        anchor.shape != positive.shape
+        anchor.ndim != 2
+        or anchor.shape != positive.shape
         or negatives.ndim not in (2, 3)
         or negatives.shape[-1] != anchor.shape[-1]
         or (not shared and negatives.shape[0] != anchor.shape[0])
@@ -49,9 +50,13 @@ class TripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.1) -> None:
         super().__init__()
-        if margin < 0:
+        if not margin >= 0:  # NaN too
             raise ModelError(f"TripletLoss: margin must be >= 0, got {margin}")
         self.margin = margin
 
     def forward(self, tuples: torch.Tensor) -> torch.Tensor:
+        if tuples.ndim != 3 or tuples.shape[1] < 3:
+            raise ModelError(
+                f"TripletLoss: expected (B, 2 + n, D) tuples with n >= 1, got {tuple(tuples.shape)}"
+            )
         return triplet_loss(tuples[:, 0], tuples[:, 1], tuples[:, 2:], self.margin)

@@ -21,7 +21,8 @@ def mine_tuples(
     """``(A', 2 + num_negatives)`` pool indices: anchor, a random positive, hard negatives.
 
     ``descriptors``: ``(P, D)`` unit-norm cache of the whole pool; ``anchors``: ``(A,)`` pool indices;
-    ``positives`` / ``forbidden``: ``(A, P)`` masks (forbidden: never a negative, the anchor itself included).
+    ``positives`` / ``forbidden``: ``(A, P)`` masks (forbidden: never a negative; the anchor and its positives
+    are never negatives whatever the mask says).
     The negatives are ``num_negatives`` distinct random picks among each anchor's ``candidates`` hardest:
     ``hardest``: the most similar allowed images (NetVLAD / cirtorch, for pretrained backbones);
     ``semi-hard`` (FaceNet): the most similar among those farther than the positive, topped up with random
@@ -37,6 +38,12 @@ def mine_tuples(
             f"mine_tuples: descriptors {tuple(descriptors.shape)}, anchors {tuple(anchors.shape)}, positives "
             f"{tuple(positives.shape)} and forbidden {tuple(forbidden.shape)} disagree"
         )
+    if num_negatives < 1 or (max_tuples is not None and max_tuples < 1):
+        raise ModelError(
+            f"mine_tuples: num_negatives and max_tuples must be >= 1, got {num_negatives} and {max_tuples}"
+        )
+    forbidden = forbidden | positives
+    forbidden[torch.arange(num_anchors), anchors] = True
     allowed = (~forbidden).sum(1)
     if bool((positives.sum(1) == 0).any()) or int(allowed.min()) < num_negatives:
         raise ModelError(

@@ -98,3 +98,34 @@ def test_mining_is_deterministic_per_generator_and_never_forbidden() -> None:
     assert subset.shape == (4, 5) and set(subset[:, 0].tolist()) <= set(anchors.tolist())
     with pytest.raises(ModelError, match="strategy"):
         mine_tuples(desc, anchors, positives, forbidden, 3, strategy="easy")
+
+
+def test_the_anchor_and_its_positives_are_never_negatives() -> None:
+    """Whatever ``forbidden`` holds: mine_tuples is public, and a caller may pass only the junk."""
+    desc = pool()
+    anchors, positives, _ = masks()
+    nothing = torch.zeros_like(positives)
+    for strategy in ("hardest", "semi-hard"):
+        tuples = mine_tuples(desc, anchors, positives, nothing, 8, candidates=8, strategy=strategy)
+        rows = torch.arange(10)[:, None]
+        assert not positives[rows, tuples[:, 2:]].any()
+        assert not (tuples[:, 2:] == tuples[:, :1]).any()
+    assert not nothing.any()  # the caller's mask is left alone
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"num_negatives": 0}, "num_negatives"), ({"max_tuples": 0}, "max_tuples")]
+)
+def test_mining_counts_are_checked(kwargs: dict, message: str) -> None:
+    anchors, positives, forbidden = masks()
+    with pytest.raises(ModelError, match=message):
+        mine_tuples(pool(), anchors, positives, forbidden, **{"num_negatives": 2, **kwargs})
+
+
+def test_triplet_loss_shapes_and_margin_are_checked() -> None:
+    with pytest.raises(ModelError, match="must be"):
+        triplet_loss(torch.randn(4), torch.randn(4), torch.randn(2, 4))  # 1-D anchor: was an IndexError
+    with pytest.raises(ModelError, match=r"\(B, 2 \+ n, D\)"):
+        TripletLoss()(torch.randn(4, 6))
+    with pytest.raises(ModelError, match="margin"):
+        TripletLoss(float("nan"))
