@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from lightning_modules.data.places_synth import SynthConfig, ensure_places_synth
+from lightning_modules.data.places_synth import DATASETS, SynthConfig, ensure_places_synth
 from lightning_modules.data.revisited import (
     PoolImages,
     RevisitedData,
@@ -17,6 +17,7 @@ from lightning_modules.data.revisited import (
     load_revisited,
 )
 from lightning_modules.metrics.retrieval import RevisitedMAP
+from nncf_ext.errors import DataError
 
 
 class RetrievalDataModule(pl.LightningDataModule):
@@ -61,6 +62,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         **kwargs: Any,
     ) -> RetrievalDataModule:
         """The embedded synthetic datasets (generated under ``data_root()`` on first use)."""
+        for name in (train, test):  # before minutes of generating
+            if name not in DATASETS:
+                raise DataError(f"no embedded data set {name!r}; there are {sorted(DATASETS)}")
         paths = ensure_places_synth(root, config)
         return cls(paths[train], paths[test], **kwargs)
 

@@ -11,7 +11,7 @@ import torch
 
 from lightning_modules.data.places_synth import SynthConfig, generate_places
 from lightning_modules.retrieval import RetrievalDataModule, RetrievalModule, build_retrieval_net, evaluate
-from nncf_ext.errors import ModelError
+from nncf_ext.errors import DataError, ModelError
 
 TINY = SynthConfig(
     num_places=8, easy_views=2, hard_views=2, junk_views=1, distractors=8, image_size=48, query_size=64
@@ -145,3 +145,9 @@ def test_ddp_ranks_mine_the_same_tuples_and_score_the_whole_set(tiny_root: Path,
     assert m0["val/mAP_medium"] == pytest.approx(
         expected, abs=1e-4
     )  # both shards of the eval set were gathered
+
+
+def test_an_unknown_embedded_data_set_is_named_before_anything_is_generated(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no embedded data set 'synth_pariss'"):
+        RetrievalDataModule.embedded(train="synth_pariss", root=tmp_path)
+    assert not any(tmp_path.iterdir())  # was a KeyError after generating all three
