@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     from lightning_modules.data.pose_synth import SynthConfig, pose_synth
     from lightning_modules.pose.keypoints import KEYPOINTS
     from lightning_modules.pose.run import TrainConfig, metrics_table, train_base
+    from nncf_ext.cli import POSITIVE, output_file
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -32,9 +33,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize (multiples of 32)"
     )
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--train-limit", type=int, help="use only the first N training images")
+    parser.add_argument("--epochs", type=POSITIVE, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=POSITIVE, default=TrainConfig.batch_size)
+    parser.add_argument("--train-limit", type=POSITIVE, help="use only the first N training images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--keypoints",
@@ -47,8 +48,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         choices=["32-true", "bf16-mixed"],
         help="training precision (default: bf16-mixed where the CPU has native bf16, else 32-true)",
     )
-    parser.add_argument("--output", type=Path, default=Path("outputs/pose_base.json"))
-    parser.add_argument("--checkpoint", type=Path, help="also save the model state_dict here")
+    parser.add_argument("--output", type=output_file, default="outputs/pose_base.json")
+    parser.add_argument("--checkpoint", type=output_file, help="also save the model state_dict here")
     args = parser.parse_args(argv)
 
     root = args.data
@@ -71,13 +72,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     module, result = train_base(root, cfg)
     print(f"trained {result['train_images']} images x {cfg.epochs} epochs in {result['train_seconds']:.0f} s")
     print(metrics_table(result["metrics"]))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.output}")
-    if args.checkpoint is not None:
+    if args.checkpoint is not None:  # before the JSON, which says the run finished
         import torch
 
-        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(
             {
                 "hparams": dict(module.hparams),
@@ -86,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             },
             args.checkpoint,
         )
+    args.output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.output}")
     return result
 
 

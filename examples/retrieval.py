@@ -19,6 +19,7 @@ from pathlib import Path
 from lightning_modules.retrieval.datamodule import RetrievalDataModule
 from lightning_modules.retrieval.evaluation import evaluate
 from lightning_modules.retrieval.recipe import BaseRecipe, build_base, embedded_datamodule, train
+from nncf_ext.cli import POSITIVE, output_file
 
 REVISITED = ("mAP_easy", "mAP_medium", "mAP_hard", "mP@5_medium")
 ORIGINAL = ("mAP_original", "mP@5_original")  # Oxford5k / Paris6k ground truth
@@ -28,8 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=BaseRecipe.epochs)
-    parser.add_argument("--image-size", type=int, default=BaseRecipe.image_size)
+    parser.add_argument("--epochs", type=POSITIVE, default=BaseRecipe.epochs)
+    parser.add_argument("--image-size", type=POSITIVE, default=BaseRecipe.image_size)
     parser.add_argument("--seed", type=int, default=BaseRecipe.seed)
     parser.add_argument(
         "--train", type=Path, help="revisited-format training dataset directory (default: embedded)"
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument(
         "--test", type=Path, help="revisited-format test dataset directory (default: embedded)"
     )
-    parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    parser.add_argument("--output", type=output_file, help="write the results as JSON here")
     args = parser.parse_args()
 
     recipe = replace(BaseRecipe(), epochs=args.epochs, image_size=args.image_size, seed=args.seed)
@@ -67,7 +68,6 @@ def main() -> None:
         print(f"{name:<36}" + "".join(f"{res[c]:>15.3f}" for c in columns))
     print(f"\ntraining: {recipe.epochs} epochs in {run['seconds']:.0f} s")
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         result = {"recipe": recipe.__dict__, "untrained": untrained, "trained": trained, **run}
         args.output.write_text(json.dumps(result, indent=2, default=str))
 

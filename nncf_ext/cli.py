@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,20 @@ def _at_least(low: int) -> Any:
 
 
 POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file that can be written, checked before a long run (its folder is created)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot create the folder {path.parent}: {e.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {path.parent}")
+    return path
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -234,3 +234,32 @@ def test_a_file_whose_weights_do_not_fit_its_settings_is_named(
     torch.save(payload, base)
     assert main(["stats", str(base)]) == 2
     assert "do not build a 'toy' model" in capsys.readouterr().err
+
+
+def test_output_files_are_checked_when_parsed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not after a 17-minute training: a directory, or a folder that cannot be made, is a usage error."""
+    import argparse
+    import importlib.util
+
+    from nncf_ext.cli import output_file
+
+    with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
+        output_file(str(tmp_path))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot create the folder"):
+        output_file(str(tmp_path / "afile" / "out.json"))
+    assert output_file(str(tmp_path / "new" / "out.json")) == tmp_path / "new" / "out.json"
+    assert (tmp_path / "new").is_dir()
+    spec = importlib.util.spec_from_file_location("pose_example", "examples/pose.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for argv in (
+        ["--output", str(tmp_path)],
+        ["--epochs", "-1"],
+        ["--checkpoint", str(tmp_path / "afile" / "m.pt")],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            example.main([*argv, "--data", str(tmp_path / "no_data")])
+        assert exit_info.value.code == 2  # argparse's usage error, before any data is read
+    assert "is a directory" in capsys.readouterr().err
