@@ -20,17 +20,14 @@ them when present.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from lightning_modules.data.cache import data_root
+from lightning_modules.data.cache import data_root, publishing
 
 GENERATOR_VERSION = 4
 DATASETS = {"synth_oxford": 1, "synth_paris": 2, "synth_train": 3}
@@ -417,18 +414,14 @@ def ensure_places_synth(
     for name, seed in DATASETS.items():
         target = base / name
         manifest = {"version": GENERATOR_VERSION, "name": name, "seed": seed, "config": asdict(config)}
-        manifest_path = target / "manifest.json"
-        if manifest_path.exists() and json.loads(manifest_path.read_text()) == manifest:
-            paths[name] = target
-            continue
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=base))
-        generate_places(tmp, name, seed, config)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process renamed its copy first
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        def complete(path: Path, manifest: dict[str, object] = manifest) -> bool:
+            file = path / "manifest.json"
+            return file.is_file() and json.loads(file.read_text()) == manifest
+
+        if not complete(target):
+            with publishing(target, complete) as tmp:
+                generate_places(tmp, name, seed, config)
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         paths[name] = target
     return paths

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import cv2
 import numpy as np
 import trimesh
 
-from lightning_modules.data.cache import data_root
+from lightning_modules.data.cache import data_root, publishing
 from lightning_modules.data.meshes import box_mesh, cylinder_mesh, diameter, l_block_mesh, mesh_arrays
 from lightning_modules.data.render import Light, MeshArrays, Renderer
 
@@ -366,15 +364,11 @@ def pose_synth(cfg: SynthConfig | None = None, root: Path | None = None) -> Path
     """The embedded data set's directory, generated on first use: ``data_root()/pose_synth_<seed>_<key>``."""
     cfg = cfg or SynthConfig()
     target = (root or data_root()) / f"pose_synth_{cfg.seed}_{cfg.key()}"
-    if (target / _INFO_FILE).is_file():
-        return target
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_pose_synth(cfg, tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / _INFO_FILE).is_file():
-            raise
+
+    def complete(path: Path) -> bool:  # the config's key is in the name; the info file is written last
+        return (path / _INFO_FILE).is_file()
+
+    if not complete(target):
+        with publishing(target, complete) as tmp:
+            write_pose_synth(cfg, tmp)
     return target
