@@ -3,6 +3,7 @@ how a generated copy is put there."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -16,32 +17,47 @@ def data_root() -> Path:
 
 
 @contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """Held by one process at a time: the check and the swap of ``target`` (readers are not blocked)."""
+    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
 def publishing(target: Path, complete: Callable[[Path], bool]) -> Iterator[Path]:
     """A fresh directory beside ``target`` to generate a data set into, renamed to ``target`` when the body
-    succeeds and removed when it fails, so no reader ever sees half a data set.
+    succeeds and removed otherwise, so no reader ever sees half a data set.
 
-    A complete copy (``complete(target)``) that another process published meanwhile is kept, since it may
-    be in use, and the new one is discarded; a stale or incomplete one is replaced.
+    The check and the swap run under a lock file beside ``target``: a complete copy (``complete(target)``)
+    that another process published meanwhile is kept, since it may be in use, and the new one is
+    discarded; a stale or incomplete one (or a file in its place) is replaced.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.chmod(0o755)  # mkdtemp makes it 0700, which would hide a shared cache from other users
-    if complete(target):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    if target.exists():  # stale: moved aside first, as a rename cannot replace a non-empty directory
-        stale = target.with_name(f".{target.name}.stale{os.getpid()}")
-        shutil.rmtree(stale, ignore_errors=True)
-        os.replace(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process published between the check and the rename
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not complete(target):
-            raise
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700, which would hide a shared cache from others
+        with _locked(target):
+            if complete(target):
+                return
+            if target.exists() or target.is_symlink():  # moved aside first: a rename cannot replace it
+                stale = target.with_name(f".{target.name}.stale{os.getpid()}")
+                _remove(stale)
+                os.replace(target, stale)
+                _remove(stale)
+            os.replace(tmp, target)
+    finally:
+        _remove(tmp)  # gone already when it was renamed into place
