@@ -402,3 +402,61 @@ class BopEvalDataset(_BopDataset):
             values = [s[key] for s in samples]
             out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
         return out
+
+
+class BopImageEvalDataset(_BopDataset):
+    """One item per image with all its ground-truth instances, for data sets with several instances of an
+    object in one image (T-LESS, IC-BIN): score with ``PoseModule.score_images``, which decodes every
+    instance and matches them as BOP does (``metrics.pose.match_poses``).
+
+    Use ``collate_fn=BopImageEvalDataset.collate``: images and K are stacked per image (B), the instances'
+    fields are concatenated (M) with ``image_index`` (M,) naming each one's image in the batch.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        obj_ids: Sequence[int] | None = None,
+        image_size: tuple[int, int] | None = None,
+        min_visib_fract: float = 0.0,
+        keypoints: str = "bbox",
+    ) -> None:
+        super().__init__(root, split, obj_ids, image_size, min_visib_fract, keypoints)
+        images: dict[tuple[Path, int], list[Annotation]] = {}
+        for ann in self.annotations:
+            images.setdefault((ann.scene_dir, ann.im_id), []).append(ann)
+        self.images = list(images.items())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        (scene_dir, im_id), anns = self.images[index]
+        rgb, src = self._image(scene_dir, im_id)
+        models = [self.models[a.obj_id] for a in anns]
+        return {
+            "image": to_tensor(rgb),
+            "K": torch.from_numpy(self._camera(anns[0].K, src)),  # one camera per image (scene_camera)
+            "R": torch.from_numpy(np.stack([a.R for a in anns])),
+            "t": torch.from_numpy(np.stack([a.t for a in anns])),
+            "obj_id": torch.tensor([a.obj_id for a in anns]),
+            "label": torch.tensor([self.label_of[a.obj_id] for a in anns]),
+            "points": [torch.from_numpy(m.points) for m in models],
+            "diameter": torch.tensor([m.diameter for m in models], dtype=torch.float64),
+            "symmetric": torch.tensor([m.symmetric for m in models]),
+        }
+
+    @staticmethod
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Images and K stacked (B); the instances' fields concatenated (M), ``points`` a list."""
+        counts = [len(s["label"]) for s in samples]
+        out: dict[str, Any] = {
+            "image": torch.stack([s["image"] for s in samples]),
+            "K": torch.stack([s["K"] for s in samples]),
+            "image_index": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts)),
+            "points": [p for s in samples for p in s["points"]],
+        }
+        for key in ("R", "t", "obj_id", "label", "diameter", "symmetric"):
+            out[key] = torch.cat([s[key] for s in samples])
+        return out

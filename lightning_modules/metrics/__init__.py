@@ -5,6 +5,7 @@ from lightning_modules.metrics.pose import (
     add_error,
     adds_error,
     depth_bins,
+    match_poses,
     pose_accuracy,
     pose_errors,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "add_error",
     "adds_error",
     "depth_bins",
+    "match_poses",
     "pose_accuracy",
     "pose_errors",
 ]

@@ -6,7 +6,9 @@
 - a pose is correct when its error is below ``k`` x the object diameter (k in 0.05, 0.1, 0.2, 0.5);
   a missed detection (no pose) is a failure;
 - per depth bin: three equal-width bins of the ground-truth depth (t_z) between its minimum and maximum
-  over the evaluated set, named near / medium / far.
+  over the evaluated set, named near / medium / far;
+- several instances of an object in one image: ``match_poses`` pairs estimates with instances as BOP's
+  ``pose_matching`` does, and an instance left without an estimate is missed.
 
 Pure functions on numpy, and ``PoseAccuracy``, a torchmetrics ``Metric`` whose states are per-sample lists
 concatenated across processes (``dist_reduce_fx="cat"``), so the result is the same under DDP.
@@ -92,6 +94,50 @@ def pose_errors(
     for i in np.flatnonzero(sym):
         errors[i] = adds_error(R_e[i], t_e[i], R_g[i], t_g[i], plist[i])
     return errors
+
+
+def match_poses(
+    R_est: ArrayLike,
+    t_est: ArrayLike,
+    scores: ArrayLike,
+    R_gt: ArrayLike,
+    t_gt: ArrayLike,
+    points: ArrayLike,
+    symmetric: bool,
+    diameter: float,
+    max_error: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match the estimates (E) of one object in one image to its ground-truth instances (G), as BOP's
+    ``pose_matching.match_poses`` does when the instance count is known: only the ``G`` best-scoring
+    estimates count, and in descending score each takes the unmatched instance with the smallest ADD(-S)
+    error below ``max_error`` x ``diameter``. Returns per instance the index of its estimate (-1: none) and
+    its error (NaN: none). BOP matches once per error threshold; this matches once, at ``max_error``.
+    """
+    R_e, t_e, R_g, t_g = _np(R_est), _np(t_est), _np(R_gt), _np(t_gt)
+    score = _np(scores).reshape(-1)
+    e, g = len(score), len(R_g)
+    if R_e.shape != (e, 3, 3) or t_e.shape != (e, 3) or R_g.shape != (g, 3, 3) or t_g.shape != (g, 3):
+        raise ValueError(
+            f"expected R (n, 3, 3) and t (n, 3) for {e} estimates and {g} instances, got R_est {R_e.shape}, "
+            f"t_est {t_e.shape}, R_gt {R_g.shape}, t_gt {t_g.shape}"
+        )
+    match = np.full(g, -1, dtype=np.int64)
+    error = np.full(g, np.nan)
+    pts = _np(points)
+    for i in np.argsort(-score, kind="stable")[:g]:
+        free = np.flatnonzero(match < 0)
+        errs = pose_errors(
+            np.repeat(R_e[i : i + 1], len(free), 0),
+            np.repeat(t_e[i : i + 1], len(free), 0),
+            R_g[free],
+            t_g[free],
+            np.broadcast_to(pts, (len(free), *pts.shape)),
+            np.full(len(free), symmetric),
+        )
+        best = int(np.argmin(errs))
+        if errs[best] < max_error * diameter:
+            match[free[best]], error[free[best]] = i, errs[best]
+    return match, error
 
 
 def depth_bins(depths: ArrayLike, bins: int = 3) -> tuple[np.ndarray, np.ndarray]:

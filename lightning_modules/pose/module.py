@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from lightning_modules.metrics.pose import THRESHOLDS, PoseAccuracy
+from lightning_modules.metrics.pose import THRESHOLDS, PoseAccuracy, match_poses
 from lightning_modules.pose.decode import Aggregation, PoseEstimates, decode_poses
+from lightning_modules.pose.instances import Detection, decode_instances
 from lightning_modules.pose.loss import pose_loss
 from lightning_modules.pose.model import PoseNet, cell_grid
 from lightning_modules.pose.targets import encode_targets
@@ -22,7 +24,8 @@ class PoseModule(pl.LightningModule):
 
     ``keypoints_3d`` (C, 9, 3): each class's model keypoints (``BopTrainDataset.keypoints_3d()``), class index
     = position. Training batches come from ``BopTrainDataset``; validation batches from ``BopEvalDataset``
-    with its ``collate``. Validation logs ``val/add_<k>d[_<bin>]`` (see ``metrics.pose.pose_accuracy``).
+    (one object per image and class), or ``BopImageEvalDataset`` (several instances of a class per image, see
+    ``score_images``), with their ``collate``. Validation logs ``val/add_<k>d[_<bin>]`` (see ``metrics.pose.pose_accuracy``).
     """
 
     keypoints_3d: torch.Tensor
@@ -42,6 +45,7 @@ class PoseModule(pl.LightningModule):
         aggregation: Aggregation = "median",
         zoom_size: float | None = 56.0,
         max_zoom: float = 2.0,
+        instance_radius: float = 0.5,
         thresholds: Sequence[float] = THRESHOLDS,
     ) -> None:
         super().__init__()
@@ -52,6 +56,8 @@ class PoseModule(pl.LightningModule):
             raise ValueError(f"zoom_size must be > 0 pixels (or None: no zoom-in pass), got {zoom_size}")
         if not max_zoom >= 1:
             raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
+        if not instance_radius > 0:
+            raise ValueError(f"instance_radius must be > 0, got {instance_radius}")
         self.save_hyperparameters()
         self.hparams["keypoints_3d"] = kp.tolist()  # plain lists in checkpoints / hparams.yaml
         self.model = PoseNet(len(kp), widths, fpn_channels, head_convs)
@@ -106,7 +112,12 @@ class PoseModule(pl.LightningModule):
         With ``zoom_size`` set, an object found smaller than ``zoom_size`` pixels is decoded again from a
         crop magnified about it (at most ``max_zoom``x, see ``pose.zoom``), and that pose replaces the first.
         """
-        est = self._decode(images, labels, K)
+        return self._zoom_in(images, labels, K, self._decode(images, labels, K))
+
+    def _zoom_in(
+        self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor, est: PoseEstimates
+    ) -> PoseEstimates:
+        """``est`` with the poses of small objects decoded again from magnified crops (see ``pose.zoom``)."""
         if self.hparams["zoom_size"] is None:
             return est
         found = np.flatnonzero(est.detected)
@@ -125,6 +136,84 @@ class PoseModule(pl.LightningModule):
         replaced = redo[second.detected]
         est.R[replaced], est.t[replaced] = second.R[second.detected], second.t[second.detected]
         return est
+
+    @torch.no_grad()
+    def predict_instances(self, images: torch.Tensor, K: torch.Tensor) -> list[list[Detection]]:
+        """Every instance of every class in each of ``images`` (see ``pose.instances``), best first.
+
+        With ``zoom_size`` set, small objects are decoded again from magnified crops, as in
+        ``predict_poses``; a second pose is kept only where it projects onto the same instance (its centre
+        within ``radius`` x the first pose's extent), since a crop may show a neighbour of the same class.
+        """
+        logits, offsets = self(images)
+        centres, strides = self._cells(images)
+        found = decode_instances(
+            logits,
+            offsets,
+            K,
+            self.keypoints_3d.cpu().numpy(),
+            centres,
+            strides,
+            min_score=self.hparams["min_score"],
+            top_k=self.hparams["top_k"],
+            aggregation=self.hparams["aggregation"],
+            radius=self.hparams["instance_radius"],
+        )
+        flat = [d for dets in found for d in dets]
+        if not flat or self.hparams["zoom_size"] is None:
+            return found
+        index = torch.tensor([b for b, dets in enumerate(found) for _ in dets], device=images.device)
+        labels = torch.tensor([d.label for d in flat], device=images.device)
+        first = PoseEstimates(
+            np.stack([d.R for d in flat]),
+            np.stack([d.t for d in flat]),
+            np.ones(len(flat), dtype=bool),
+            np.array([d.score for d in flat]),
+        )
+        K_det = K[index]
+        est = self._zoom_in(images[index], labels, K_det, copy.deepcopy(first))
+        kp = self.keypoints_3d.cpu().numpy()[labels.cpu().numpy()]
+        K_np = np.asarray(K_det.detach().cpu(), dtype=np.float64)
+        sizes, before = projected_extent(kp, first.R, first.t, K_np)
+        _, after = projected_extent(kp, est.R, est.t, K_np)
+        same = np.linalg.norm(after - before, axis=1) <= self.hparams["instance_radius"] * sizes
+        for d, keep, R, t in zip(flat, same, est.R, est.t, strict=True):
+            if keep:
+                d.R, d.t = R, t
+        return found
+
+    def score_images(self, metric: PoseAccuracy, batch: dict[str, Any]) -> None:
+        """Score a batch of ``BopImageEvalDataset.collate``: every instance is decoded, the detections of each
+        object in each image are matched to its instances (``metrics.pose.match_poses``, at the metric's
+        largest threshold), and an instance without a match is missed."""
+        found = self.predict_instances(batch["image"], batch["K"])
+        image_index = batch["image_index"].cpu().numpy()
+        labels = batch["label"].cpu().numpy()
+        R_gt = np.asarray(batch["R"].detach().cpu(), dtype=np.float64)
+        t_gt = np.asarray(batch["t"].detach().cpu(), dtype=np.float64)
+        R, t = np.tile(np.eye(3), (len(labels), 1, 1)), np.zeros((len(labels), 3))
+        detected = np.zeros(len(labels), dtype=bool)
+        for b, label in sorted({(int(i), int(c)) for i, c in zip(image_index, labels, strict=True)}):
+            instances = np.flatnonzero((image_index == b) & (labels == label))
+            dets = [d for d in found[b] if d.label == label]
+            if not dets:
+                continue
+            first = instances[0]
+            match, _ = match_poses(
+                np.stack([d.R for d in dets]),
+                np.stack([d.t for d in dets]),
+                np.array([d.score for d in dets]),
+                R_gt[instances],
+                t_gt[instances],
+                batch["points"][first],
+                bool(batch["symmetric"][first]),
+                float(batch["diameter"][first]),
+                max(metric.thresholds),
+            )
+            for instance, e in zip(instances, match, strict=True):
+                if e >= 0:
+                    R[instance], t[instance], detected[instance] = dets[e].R, dets[e].t, True
+        metric.update(R, t, R_gt, t_gt, batch["points"], batch["diameter"], batch["symmetric"], detected)
 
     def _decode(self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor) -> PoseEstimates:
         logits, offsets = self(images)
@@ -157,7 +246,10 @@ class PoseModule(pl.LightningModule):
         )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.score_batch(self.val_metric, batch)
+        if "image_index" in batch:  # BopImageEvalDataset: several instances of an object per image
+            self.score_images(self.val_metric, batch)
+        else:
+            self.score_batch(self.val_metric, batch)
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metric.compute()

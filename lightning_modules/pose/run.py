@@ -111,12 +111,16 @@ def _limited(dataset: Any, limit: int | None, name: str) -> Any:
 
 
 def evaluate(module: PoseModule, loader: DataLoader) -> tuple[dict[str, float], float]:
-    """ADD(-S) accuracies of ``module`` in eval mode over ``loader``, and the seconds per image."""
+    """ADD(-S) accuracies of ``module`` in eval mode over ``loader`` (of ``BopEvalDataset``, or of
+    ``BopImageEvalDataset``: every instance decoded and matched), and the seconds per instance."""
     module.eval()
     metric = PoseAccuracy(module.hparams["thresholds"])
     count, start = 0, time.perf_counter()
     for batch in loader:
-        module.score_batch(metric, batch)
+        if "image_index" in batch:
+            module.score_images(metric, batch)
+        else:
+            module.score_batch(metric, batch)
         count += len(batch["label"])
     seconds = (time.perf_counter() - start) / max(count, 1)
     return {k: float(v) for k, v in metric.compute().items()}, seconds

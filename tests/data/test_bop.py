@@ -13,7 +13,13 @@ import pytest
 import torch
 import trimesh
 
-from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset, load_models, resize_camera
+from lightning_modules.data.bop import (
+    BopEvalDataset,
+    BopImageEvalDataset,
+    BopTrainDataset,
+    load_models,
+    resize_camera,
+)
 from lightning_modules.pose.keypoints import (
     bbox_keypoints,
     canonical_pose,
@@ -85,6 +91,29 @@ def test_eval_dataset_round_trip(bop_root: Path) -> None:
     assert torch.allclose(batch["image"][0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # RGB order
     assert batch["symmetric"].tolist() == [False, True]
     assert [p.shape[0] for p in batch["points"]] == [8, 8]
+
+
+def test_image_eval_dataset_keeps_every_instance_of_an_image(bop_root: Path) -> None:
+    """Image 0 gets a second instance of object 1: one item per image, instances concatenated in order."""
+    gt_path = bop_root / "test" / "000003" / "scene_gt.json"
+    gt = json.loads(gt_path.read_text())
+    moved = {**gt["0"][0], "cam_t_m2c": [60.0, 0.0, 500.0]}
+    gt["0"].append(moved)
+    gt_path.write_text(json.dumps(gt))
+    ds = BopImageEvalDataset(bop_root, "test", image_size=(32, 48))
+    assert len(ds) == 2
+    batch = BopImageEvalDataset.collate([ds[0], ds[1]])
+    assert batch["image"].shape == (2, 3, 32, 48)
+    np.testing.assert_allclose(batch["K"][1].numpy(), resize_camera(K, (64, 96), (32, 48)))
+    assert batch["image_index"].tolist() == [0, 0, 1]
+    assert batch["obj_id"].tolist() == [1, 1, 2] and batch["label"].tolist() == [0, 0, 1]
+    np.testing.assert_allclose(batch["t"].numpy(), [POSES[0][2], [60.0, 0.0, 500.0], POSES[1][2]])
+    np.testing.assert_allclose(batch["R"][2].numpy(), POSES[1][1])
+    assert batch["symmetric"].tolist() == [False, False, True]
+    assert batch["diameter"].tolist() == pytest.approx(
+        [np.linalg.norm([40, 30, 20])] * 2 + [np.linalg.norm([30, 30, 60])]
+    )
+    assert len(batch["points"]) == 3
 
 
 def test_train_dataset_keypoints_and_masks(bop_root: Path) -> None:
