@@ -3,7 +3,8 @@
 Two objects: an L-shaped block built from two boxes whose faces carry distinct colours (no symmetry)
 and a banded cylinder (continuous symmetry about z). Each image shows one of them at a random viewpoint,
 depth and image position over a procedural background, with random lighting, sensor noise, clutter
-behind it and, often, an occluder in front. Viewpoints are LINEMOD-like by default: the object stands
+behind it and, often, an occluder in front; ``instances=n`` shows n instances of one of them instead, each
+at its own viewpoint and depth, without an occluder. Viewpoints are LINEMOD-like by default: the object stands
 upright (z up) and is seen from any azimuth at an elevation in ``elevation_range``, with some camera
 roll; ``viewpoints="sphere"`` draws uniform rotations instead. Every image draws from its own seeded
 stream, so a config always yields the same bytes.
@@ -27,6 +28,7 @@ from lightning_modules.data.render import Light, MeshArrays, Renderer
 
 OBJECT_NAMES = {1: "l_block", 2: "cylinder"}
 GENERATOR_VERSION = 5  # bump whenever drawing or rendering changes, so that no stale cache is reused
+MAX_INSTANCES = 4
 _INFO_FILE = "dataset_info.json"
 
 
@@ -47,6 +49,7 @@ class SynthConfig:
     min_visib_fract: float = 0.4  # an occluder leaves at least this much of the in-image silhouette visible
     max_distractors: int = 2
     supersample: int = 3
+    instances: int = 1  # > 1: that many instances of one object per image (T-LESS-like), and no occluder
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.num_train < 0 or self.num_test < 0:
@@ -56,9 +59,14 @@ class SynthConfig:
             raise ValueError(f"depth_range must satisfy 0 < near < far, got {self.depth_range}")
         if self.viewpoints not in ("upper", "sphere"):
             raise ValueError(f"viewpoints must be 'upper' or 'sphere', got {self.viewpoints!r}")
+        if not 1 <= self.instances <= MAX_INSTANCES:
+            raise ValueError(f"instances must lie in 1..{MAX_INSTANCES}, got {self.instances}")
 
     def key(self) -> str:
-        blob = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True).encode()
+        fields = asdict(self)
+        if fields["instances"] == 1:  # added after version 5: the keys of one-instance data sets stay
+            del fields["instances"]
+        blob = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:8]
 
     def camera(self) -> np.ndarray:
@@ -203,8 +211,7 @@ def _bbox(mask: np.ndarray, offset: int = 0) -> list[int]:
 
 
 @dataclass(frozen=True)
-class _Sample:
-    rgb: np.ndarray  # (H, W, 3) uint8
+class _Instance:
     mask: np.ndarray  # (H, W) bool, whole silhouette
     mask_visib: np.ndarray  # (H, W) bool, visible part
     obj_id: int
@@ -212,6 +219,12 @@ class _Sample:
     t: np.ndarray
     px_count_all: int  # pixels of the whole silhouette, the part outside the image included
     bbox_obj: list[int]  # its box, which may reach outside the image
+
+
+@dataclass(frozen=True)
+class _Sample:
+    rgb: np.ndarray  # (H, W, 3) uint8
+    instances: list[_Instance]
 
 
 class _SceneWriter:
@@ -260,18 +273,69 @@ class _SceneWriter:
                     break
             else:
                 occluders = []
-        scene = [(self.models[obj_id], R, t), *occluders, *behind]
+        return self._render(rng, [(obj_id, R, t)], occluders, behind, light, bg)
+
+    def sample_instances(self, rng: np.random.Generator) -> _Sample:
+        """Render ``cfg.instances`` instances of one object, each at its own viewpoint and depth, with their
+        projected centres at least one projected radius apart (they may hide parts of each other)."""
+        cfg = self.cfg
+        obj_id = int(rng.integers(1, len(self.models) + 1))
+        poses: list[tuple[int, np.ndarray, np.ndarray]] = []
+        placed: list[tuple[np.ndarray, float]] = []  # projected centre and radius (px) of each instance
+        for _ in range(1000 * cfg.instances):
+            if cfg.viewpoints == "sphere":
+                R = random_rotation(rng)
+            else:
+                R = upright_rotation(rng, cfg.elevation_range, cfg.max_roll)
+            z = float(rng.uniform(*cfg.depth_range))
+            t = self._place(rng, z, 0.15)
+            uv, radius = self.K[:2] @ (t / z), self.diameters[obj_id] / 2 * cfg.focal / z
+            if all(np.linalg.norm(uv - c) >= max(radius, r) for c, r in placed):
+                poses.append((obj_id, R, t))
+                placed.append((uv, radius))
+                if len(poses) == cfg.instances:
+                    break
+        else:
+            raise ValueError(
+                f"could not place {cfg.instances} instances apart in a {cfg.image_size} px image"
+            )
+        light = _light(rng)
+        bg = background(cfg.image_size, rng)
+        far = max(t[2] for _, _, t in poses)
+        behind = [
+            (
+                _clutter_mesh(rng),
+                random_rotation(rng),
+                self._place(rng, far + float(rng.uniform(80, 400)), 0.0),
+            )
+            for _ in range(rng.integers(0, cfg.max_distractors + 1))
+        ]
+        return self._render(rng, poses, [], behind, light, bg)
+
+    def _render(
+        self,
+        rng: np.random.Generator,
+        poses: list[tuple[int, np.ndarray, np.ndarray]],
+        occluders: list[tuple[MeshArrays, np.ndarray, np.ndarray]],
+        behind: list[tuple[MeshArrays, np.ndarray, np.ndarray]],
+        light: Light,
+        bg: np.ndarray,
+    ) -> _Sample:
+        """Render ``poses`` (obj_id, R, t) with ``occluders`` and ``behind`` (clutter) over ``bg``."""
+        scene = [*((self.models[o], R, t) for o, R, t in poses), *occluders, *behind]
         colour, coverage, ids = self.renderer.render(scene, self.K, light)
-        ss_visib = ids == 1
-        mask_visib = self.renderer.downsample(ss_visib.astype(np.float32)) >= 0.5
-        silhouette = self.renderer.silhouette(*scene[0], self.K)
-        mask = self.renderer.downsample(silhouette.astype(np.float32)) >= 0.5
+        instances = []
+        for i, (obj_id, R, t) in enumerate(poses):
+            mask_visib = self.renderer.downsample((ids == i + 1).astype(np.float32)) >= 0.5
+            silhouette = self.renderer.silhouette(*scene[i], self.K)
+            mask = self.renderer.downsample(silhouette.astype(np.float32)) >= 0.5
+            px_count_all, bbox_obj = self._whole_silhouette(obj_id, R, t, mask, silhouette)
+            instances.append(_Instance(mask, mask_visib, obj_id, R, t, px_count_all, bbox_obj))
         image = colour + (1.0 - coverage[..., None]) * bg
         gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, 3)
         image = image * gain + rng.uniform(-0.06, 0.06) + rng.normal(0, rng.uniform(0.005, 0.03), image.shape)
         rgb = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-        px_count_all, bbox_obj = self._whole_silhouette(obj_id, R, t, mask, silhouette)
-        return _Sample(rgb, mask, mask_visib, obj_id, R, t, px_count_all, bbox_obj)
+        return _Sample(rgb, instances)
 
     def _whole_silhouette(
         self, obj_id: int, R: np.ndarray, t: np.ndarray, mask: np.ndarray, supersampled: np.ndarray
@@ -309,31 +373,37 @@ class _SceneWriter:
         for sub in ("rgb", "mask", "mask_visib"):
             (scene / sub).mkdir(parents=True, exist_ok=True)
         K_list = [float(v) for v in self.K.reshape(-1)]
-        scene_gt, scene_camera, scene_gt_info = {}, {}, {}
+        scene_gt: dict[str, list[dict[str, object]]] = {}
+        scene_gt_info: dict[str, list[dict[str, object]]] = {}
+        scene_camera: dict[str, dict[str, object]] = {}
+        draw = self.sample if self.cfg.instances == 1 else self.sample_instances
         for im_id in range(count):
-            s = self.sample(np.random.default_rng([self.cfg.seed, split_seed, im_id]))
+            s = draw(np.random.default_rng([self.cfg.seed, split_seed, im_id]))
             name = f"{im_id:06d}"
             cv2.imwrite(str(scene / "rgb" / f"{name}.png"), np.ascontiguousarray(s.rgb[..., ::-1]))
-            cv2.imwrite(str(scene / "mask" / f"{name}_000000.png"), s.mask.astype(np.uint8) * 255)
-            cv2.imwrite(str(scene / "mask_visib" / f"{name}_000000.png"), s.mask_visib.astype(np.uint8) * 255)
-            scene_gt[str(im_id)] = [
-                {
-                    "cam_R_m2c": [float(v) for v in s.R.reshape(-1)],
-                    "cam_t_m2c": [float(v) for v in s.t.reshape(-1)],
-                    "obj_id": s.obj_id,
-                }
-            ]
+            scene_gt[str(im_id)], scene_gt_info[str(im_id)] = [], []
+            for gt_idx, inst in enumerate(s.instances):
+                stem = f"{name}_{gt_idx:06d}.png"
+                cv2.imwrite(str(scene / "mask" / stem), inst.mask.astype(np.uint8) * 255)
+                cv2.imwrite(str(scene / "mask_visib" / stem), inst.mask_visib.astype(np.uint8) * 255)
+                scene_gt[str(im_id)].append(
+                    {
+                        "cam_R_m2c": [float(v) for v in inst.R.reshape(-1)],
+                        "cam_t_m2c": [float(v) for v in inst.t.reshape(-1)],
+                        "obj_id": inst.obj_id,
+                    }
+                )
+                full, visib = inst.px_count_all, int(inst.mask_visib.sum())
+                scene_gt_info[str(im_id)].append(
+                    {
+                        "bbox_obj": inst.bbox_obj,
+                        "bbox_visib": _bbox(inst.mask_visib),
+                        "px_count_all": full,
+                        "px_count_visib": visib,
+                        "visib_fract": round(visib / full, 6) if full else 0.0,
+                    }
+                )
             scene_camera[str(im_id)] = {"cam_K": K_list, "depth_scale": 1.0}
-            full, visib = s.px_count_all, int(s.mask_visib.sum())
-            scene_gt_info[str(im_id)] = [
-                {
-                    "bbox_obj": s.bbox_obj,
-                    "bbox_visib": _bbox(s.mask_visib),
-                    "px_count_all": full,
-                    "px_count_visib": visib,
-                    "visib_fract": round(visib / full, 6) if full else 0.0,
-                }
-            ]
         for name, data in (
             ("scene_gt.json", scene_gt),
             ("scene_camera.json", scene_camera),

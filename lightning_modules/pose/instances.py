@@ -73,8 +73,9 @@ def decode_instances(
     PoseNet gives them, K (B, 3, 3), ``keypoints_3d`` (C, 9, 3).
 
     An instance is a group of cells (see ``group_cells``) seeded by a cell scoring at least ``min_score``;
-    its ``top_k`` best cells above ``relative_score`` x its best vote for the keypoints, as in ``decode_poses``. At most
-    ``max_instances`` per class and image are solved; a group whose PnP fails gives no detection.
+    its ``top_k`` best cells above ``relative_score`` x its best vote for the keypoints, as in
+    ``decode_poses``. At most ``max_instances`` per class and image are solved; a group whose PnP fails
+    gives no detection.
     """
     if not 0 < min_score < 1:
         raise ValueError(f"min_score must lie in (0, 1), got {min_score}")

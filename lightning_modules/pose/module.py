@@ -25,7 +25,8 @@ class PoseModule(pl.LightningModule):
     ``keypoints_3d`` (C, 9, 3): each class's model keypoints (``BopTrainDataset.keypoints_3d()``), class index
     = position. Training batches come from ``BopTrainDataset``; validation batches from ``BopEvalDataset``
     (one object per image and class), or ``BopImageEvalDataset`` (several instances of a class per image, see
-    ``score_images``), with their ``collate``. Validation logs ``val/add_<k>d[_<bin>]`` (see ``metrics.pose.pose_accuracy``).
+    ``score_images``), with their ``collate``. Validation logs ``val/add_<k>d[_<bin>]`` (see
+    ``metrics.pose.pose_accuracy``).
     """
 
     keypoints_3d: torch.Tensor

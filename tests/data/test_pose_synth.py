@@ -130,3 +130,27 @@ def test_depths_span_the_configured_range(tmp_path: Path) -> None:
     assert all(TINY.depth_range[0] <= d <= TINY.depth_range[1] for d in depths)
     with pytest.raises(ValueError, match="depth_range"):
         SynthConfig(depth_range=(500.0, 100.0))
+
+
+def test_several_instances_of_one_object_per_image(tmp_path: Path) -> None:
+    """``instances=3``: three annotated instances of one object per image, apart, each with its own masks."""
+    cfg = SynthConfig(**{**TINY.__dict__, "instances": 3, "num_train": 0, "num_test": 5})
+    root = pose_synth(cfg, tmp_path)
+    scene = root / "test" / "000000"
+    gt = json.loads((scene / "scene_gt.json").read_text())
+    info = json.loads((scene / "scene_gt_info.json").read_text())
+    K = cfg.camera()
+    for im_id, entries in gt.items():
+        assert len(entries) == 3 and len({e["obj_id"] for e in entries}) == 1
+        visible = [read_mask(scene, int(im_id), i) for i in range(3)]
+        assert all(m.any() for m in visible)
+        for i, (entry, mask) in enumerate(zip(info[im_id], visible, strict=True)):
+            assert entry["px_count_visib"] == int(mask.sum())
+            whole = read_mask(scene, int(im_id), i, "mask")
+            assert (mask <= whole).all()  # the visible part lies inside the whole silhouette
+        centres = [K[:2] @ (np.array(e["cam_t_m2c"]) / e["cam_t_m2c"][2]) for e in entries]
+        assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1 :]) > 5
+    # the one-instance default keeps the key (and so the cache) of data generated before the option
+    assert SynthConfig().key() == "3494f627" and cfg.key() != TINY.key()
+    with pytest.raises(ValueError, match="instances"):
+        SynthConfig(instances=0)
