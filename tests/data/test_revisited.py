@@ -112,11 +112,14 @@ def test_missing_and_malformed_files_are_named(dataset: tuple[Path, RenderedPlac
     data = load_revisited(broken)
     with pytest.raises(DataError, match=r"img_00000\.jpg: cannot read image"):
         PoolImages(data, 32)[0]
-    raw["gnd"][1]["hard"] = [99]
-    with open(broken / "gnd_broken.pkl", "wb") as f:
-        pickle.dump(raw, f)
-    with pytest.raises(DataError, match=r"gnd_broken\.pkl: gnd\[1\]\['hard'\] has an index outside imlist"):
-        load_revisited(broken)
+    for outside in (99, len(raw["imlist"])):  # one past the end too
+        raw["gnd"][1]["hard"] = [outside]
+        with open(broken / "gnd_broken.pkl", "wb") as f:
+            pickle.dump(raw, f)
+        with pytest.raises(
+            DataError, match=r"gnd_broken\.pkl: gnd\[1\]\['hard'\] has an index outside imlist"
+        ):
+            load_revisited(broken)
     good = raw["gnd"][1]
     for entry, message in (
         (
@@ -222,3 +225,18 @@ def test_queries_of_the_same_place_are_positives_not_negatives_of_each_other(tmp
     assert tuples.positives[q0, n + 1] and tuples.positives[q1, n] and tuples.forbidden[q0, n + 1]
     assert tuples.positives[q0, 2]  # q1's hard image shows place A too
     assert not tuples.positives[q2, n] and not tuples.forbidden[q2, n]  # place B: A's crops stay negatives
+
+
+def test_a_query_without_positives_is_no_anchor(tmp_path: Path) -> None:
+    """A query whose easy and hard lists are empty has nothing to pull towards: its crop is not an anchor."""
+    imlist = [f"db{i}" for i in range(8)]
+    gnd = [
+        {"bbx": [0, 0, 4, 4], "easy": [0, 1], "hard": [], "junk": []},
+        {"bbx": [0, 0, 4, 4], "easy": [], "hard": [], "junk": [2]},
+        {"bbx": [0, 0, 4, 4], "easy": [3, 4], "hard": [], "junk": []},
+    ]
+    data = RevisitedData(tmp_path, "lonely", imlist, ["q0", "q1", "q2"], gnd)
+    tuples = TrainingTuples(data, image_size=32, num_negatives=2, seed=0)
+    n = data.num_database
+    assert n + 1 not in tuples.anchors.tolist()
+    assert {n, n + 2} <= set(tuples.anchors.tolist())

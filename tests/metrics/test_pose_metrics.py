@@ -59,6 +59,42 @@ def test_hand_computed_rotation_errors() -> None:
     assert adds_error(np.eye(3), t, RZ90, t, UNIT) == pytest.approx(math.sqrt(2) / 3)
 
 
+def test_general_rotations_against_hand_posed_points() -> None:
+    """R x + t written out per point, for rotations that are not their own transpose's equivalent."""
+    rng = np.random.default_rng(4)
+    pts = rng.normal(size=(30, 3)) * 40
+    poses = [
+        (rotation_about(rng.normal(size=3), a), rng.normal(size=3) * 20 + [0, 0, 400]) for a in (0.8, 2.1)
+    ]
+    (R_e, t_e), (R_g, t_g) = poses
+    est = np.array([R_e @ x + t_e for x in pts])
+    gt = np.array([R_g @ x + t_g for x in pts])
+    add = float(np.mean(np.linalg.norm(est - gt, axis=1)))
+    adds = float(np.mean([np.min(np.linalg.norm(est - g, axis=1)) for g in gt]))  # BOP adi: gt -> nearest est
+    assert add_error(R_e, t_e, R_g, t_g, pts) == pytest.approx(add)
+    assert adds_error(R_e, t_e, R_g, t_g, pts) == pytest.approx(adds)
+    # batched (one array of points) and per-sample (a list) forms agree with the single-pose functions
+    for points in (np.stack([pts, pts]), [pts, pts]):
+        errors = pose_errors(
+            np.stack([R_e, R_g]),
+            np.stack([t_e, t_g]),
+            np.stack([R_g, R_e]),
+            np.stack([t_g, t_e]),
+            points,
+            [0, 1],
+        )
+        assert errors == pytest.approx([add, adds_error(R_g, t_g, R_e, t_e, pts)])
+
+
+def test_adds_measures_from_the_ground_truth_points() -> None:
+    """The nearest-neighbour direction matters when the posed sets differ in spread (BOP's adi)."""
+    pts = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    squash = np.diag([0.1, 1.0, 1.0])  # not a rotation, but it shows the direction: gt spread, est squashed
+    t = np.zeros(3)
+    # gt points 0, 1, 10 to the nearest of est 0, 0.1, 1: 0, 0, 9 -> mean 3
+    assert adds_error(squash, t, np.eye(3), t, pts) == pytest.approx(3.0)
+
+
 def test_symmetric_object_rotated_about_its_axis() -> None:
     pts = cylinder_points()
     diameter = math.hypot(60.0, 80.0)
@@ -114,6 +150,18 @@ def test_accuracy_thresholds_and_bins() -> None:
     assert (acc["count_near"], acc["count_medium"], acc["count_far"]) == (2.0, 2.0, 2.0)
     # an error exactly at the threshold is not below it
     assert pose_accuracy([10.0], [100.0], [1.0])["add_0.1d"] == 0.0
+
+
+def test_depth_bins_follow_the_ground_truth_depth() -> None:
+    """A missed detection reports t = 0: the bins must come from the ground truth, not the estimate."""
+    metric = PoseAccuracy()
+    R = np.stack([np.eye(3)] * 3)
+    t_gt = np.array([[0.0, 0.0, 300.0], [0.0, 0.0, 450.0], [0.0, 0.0, 600.0]])
+    t_est = np.array([[0.0, 0.0, 300.0], [0.0, 0.0, 450.0], [0.0, 0.0, 0.0]])
+    metric.update(R, t_est, R, t_gt, np.stack([UNIT] * 3), [10.0] * 3, [False] * 3, [True, True, False])
+    result = metric.compute()
+    assert [float(result[f"count_{b}"]) for b in ("near", "medium", "far")] == [1.0, 1.0, 1.0]
+    assert float(result["add_0.1d_far"]) == 0.0 and float(result["add_0.1d_near"]) == 1.0
 
 
 def test_missed_detection_counts_as_failure() -> None:

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from lightning_modules.metrics.retrieval import (
     RevisitedMAP,
     average_precision,
+    default_protocols,
     ground_truth_masks,
     precision_at_k,
     revisited_map,
@@ -120,6 +121,18 @@ def test_protocol_masks() -> None:
         assert j[0].nonzero().flatten().tolist() == junk, protocol
     p, j = ground_truth_masks([{"good": [0], "ok": [4], "junk": [1]}], 5, "original")
     assert p[0].nonzero().flatten().tolist() == [0, 4] and j[0].nonzero().flatten().tolist() == [1]
+    # an index listed as both positive and junk counts as positive only
+    p, j = ground_truth_masks([{"easy": [0, 1], "hard": [], "junk": [1, 3]}], 5, "medium")
+    assert p[0].nonzero().flatten().tolist() == [0, 1] and j[0].nonzero().flatten().tolist() == [3]
+
+
+def test_default_protocols_read_the_ground_truth_format() -> None:
+    original = {"good": [0], "ok": [1], "junk": []}
+    revisited = {"easy": [0], "hard": [1], "junk": []}
+    assert default_protocols([original, original]) == ("original",)
+    assert default_protocols([revisited]) == ("easy", "medium", "hard")
+    assert default_protocols([original, revisited]) == ("easy", "medium", "hard")  # original only if all are
+    assert default_protocols([]) == ("easy", "medium", "hard")
 
 
 def test_matches_reference_loops_on_random_data() -> None:

@@ -63,6 +63,23 @@ def test_hardest_mining_picks_the_most_similar_allowed_images() -> None:
     assert torch.equal(tuples[:, 2:].sort(1).values, expected)
 
 
+def test_negatives_are_drawn_among_the_candidates_hardest() -> None:
+    """With ``candidates`` > ``num_negatives``, the picks vary over the ``candidates`` hardest, not beyond."""
+    desc = pool()
+    anchors, positives, forbidden = masks()
+    sim = (desc[anchors] @ desc.T).masked_fill(forbidden, -2)
+    top4 = sim.topk(4, dim=1).indices
+    seen = torch.zeros_like(forbidden)
+    for seed in range(12):
+        tuples = mine_tuples(
+            desc, anchors, positives, forbidden, num_negatives=2, candidates=4, strategy="hardest",
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        assert all(set(row[2:].tolist()) <= set(top.tolist()) for row, top in zip(tuples, top4, strict=True))
+        seen[torch.arange(len(anchors))[:, None], tuples[:, 2:]] = True
+    assert bool((seen.sum(1) > 2).all())  # more than the two hardest were drawn for every anchor
+
+
 def test_semi_hard_mining_prefers_negatives_farther_than_the_positive() -> None:
     desc = pool(seed=3)
     anchors, positives, forbidden = masks()
@@ -129,3 +146,6 @@ def test_triplet_loss_shapes_and_margin_are_checked() -> None:
         TripletLoss()(torch.randn(4, 6))
     with pytest.raises(ModelError, match="margin"):
         TripletLoss(float("nan"))
+    with pytest.raises(ModelError, match="margin"):
+        TripletLoss(-0.1)
+    assert TripletLoss(0.0).margin == 0.0  # a zero margin is allowed

@@ -21,6 +21,18 @@ def test_output_is_intra_normalised_then_l2_normalised() -> None:
     assert torch.allclose(blocks, torch.full_like(blocks, 1 / math.sqrt(8)), atol=1e-5)
 
 
+def test_local_descriptors_are_l2_normalised_first() -> None:
+    """``normalize_input`` (the default, as NetVLAD): scaling each local descriptor changes nothing."""
+    torch.manual_seed(0)
+    vlad = NetVLAD(num_clusters=8, dim=16)
+    x = torch.randn(2, 16, 4, 5)
+    scale = torch.rand(2, 1, 4, 5) * 10 + 0.1  # a different positive scale per location
+    assert torch.allclose(vlad(x * scale), vlad(x), atol=1e-5)
+    raw = NetVLAD(num_clusters=8, dim=16, normalize_input=False)
+    raw.load_state_dict(vlad.state_dict())
+    assert not torch.allclose(raw(x * scale), raw(x), atol=1e-3)
+
+
 def test_residuals_are_soft_assignment_weighted() -> None:
     """With one cluster the VLAD is the normalised sum of (x - c) over locations."""
     vlad = NetVLAD(num_clusters=1, dim=4, normalize_input=False)

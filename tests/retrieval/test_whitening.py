@@ -29,6 +29,15 @@ def test_whitened_training_descriptors_have_identity_covariance() -> None:
     assert isinstance(layer, torch.nn.Linear)
 
 
+def test_regularisation_is_relative_to_the_largest_eigenvalue() -> None:
+    """``eps`` scales with the data: descriptors 1e-4 times smaller give weights 1e4 times larger."""
+    x = correlated()
+    big, small = PCAWhitening(12, 6), PCAWhitening(12, 6)
+    big.init_from_descriptors(x, eps=0.1)
+    small.init_from_descriptors(x * 1e-4, eps=0.1)
+    assert torch.allclose(small.weight * 1e-4, big.weight, rtol=1e-4, atol=1e-6)
+
+
 def test_needs_more_descriptors_than_dimensions() -> None:
     with pytest.raises(ModelError, match="more than 6 descriptors"):
         PCAWhitening(12, 6).init_from_descriptors(correlated(n=6))
