@@ -152,6 +152,20 @@ def test_resizing_rescales_the_camera(bop_root: Path) -> None:
     full = project(ds.models[1].keypoints, K, R, t)
     np.testing.assert_allclose(item["keypoints"][0].numpy(), (full + 0.5) / 2 - 0.5, rtol=1e-5)
     np.testing.assert_allclose(resize_camera(K, (64, 96), (64, 96)), K)
+    # another aspect ratio: x scales by 64 / 96, y by 32 / 64; a pixel centre maps as (u + 0.5) s - 0.5
+    squeezed = resize_camera(K, (64, 96), (32, 64))
+    point = np.array([30.0, -12.0, 500.0])
+    u, v, w = K @ point
+    u2, v2, w2 = squeezed @ point
+    assert u2 / w2 == pytest.approx((u / w + 0.5) * 64 / 96 - 0.5)
+    assert v2 / w2 == pytest.approx((v / w + 0.5) * 32 / 64 - 0.5)
+
+
+def test_min_visib_fract_drops_mostly_hidden_instances(bop_root: Path) -> None:
+    info = {"0": [{"visib_fract": 0.05}], "1": [{"visib_fract": 0.5}]}
+    (bop_root / "test" / "000003" / "scene_gt_info.json").write_text(json.dumps(info))
+    assert [a.im_id for a in BopEvalDataset(bop_root, "test", min_visib_fract=0.1).annotations] == [1]
+    assert len(BopEvalDataset(bop_root, "test").annotations) == 2  # the default scores every instance
 
 
 def test_missing_and_malformed_files_are_named(bop_root: Path) -> None:

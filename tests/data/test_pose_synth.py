@@ -11,8 +11,8 @@ import pytest
 import trimesh
 
 from lightning_modules.data.bop import BopEvalDataset, load_annotations, read_mask
-from lightning_modules.data.meshes import mesh_arrays
-from lightning_modules.data.pose_synth import SynthConfig, pose_synth
+from lightning_modules.data.meshes import diameter, mesh_arrays
+from lightning_modules.data.pose_synth import SynthConfig, make_models, models_info, pose_synth
 from lightning_modules.data.render import Renderer
 from lightning_modules.pose.keypoints import project
 
@@ -154,3 +154,20 @@ def test_several_instances_of_one_object_per_image(tmp_path: Path) -> None:
     assert SynthConfig().key() == "3494f627" and cfg.key() != TINY.key()
     with pytest.raises(ValueError, match="instances"):
         SynthConfig(instances=0)
+
+
+def test_models_info_gives_diameters_and_the_cylinder_s_symmetry() -> None:
+    meshes = make_models(0)
+    info = models_info(meshes)
+    for obj_id, mesh in meshes.items():
+        v = np.asarray(mesh.vertices, dtype=np.float64)
+        brute = max(np.linalg.norm(v[i] - v, axis=1).max() for i in range(len(v)))  # every pair
+        assert info[str(obj_id)]["diameter"] == pytest.approx(brute, abs=1e-5)
+        np.testing.assert_allclose(
+            [info[str(obj_id)][f"size_{a}"] for a in "xyz"], np.ptp(v, axis=0), atol=1e-5
+        )
+    assert info["2"]["symmetries_continuous"] == [{"axis": [0, 0, 1], "offset": [0, 0, 0]}]
+    assert "symmetries_continuous" not in info["1"] and "symmetries_discrete" not in info["1"]
+    # the diameter's hull search also handles a flat point set, where Qhull fails
+    flat = np.random.default_rng(0).normal(size=(100, 3)) * [1.0, 1.0, 0.0]
+    assert diameter(flat) == pytest.approx(max(np.linalg.norm(p - flat, axis=1).max() for p in flat))

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from lightning_modules.metrics import add_error
-from lightning_modules.pose.decode import Aggregation, decode_poses, solve_pose, weighted_median
+from lightning_modules.pose import decode as decode_module
+from lightning_modules.pose.decode import (
+    Aggregation,
+    decode_poses,
+    keypoint_votes,
+    solve_pose,
+    weighted_median,
+)
 from lightning_modules.pose.keypoints import bbox_keypoints, project, rotation_about
 from lightning_modules.pose.model import cell_grid
 
@@ -79,3 +89,53 @@ def test_decode_poses_from_dense_predictions() -> None:
     assert add_error(est.R[0], est.t[0], R_GT, T_GT, BOX) < 1e-3
     assert est.score[0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
     np.testing.assert_allclose(est.R[1], np.eye(3))
+
+
+def test_low_scoring_cells_among_the_top_k_get_no_weight() -> None:
+    """Cells under ``relative_score`` x the best one vote with weight 0, even when the top k holds them."""
+    centres, strides = cell_grid((128, 128), (8, 16, 32))
+    n = len(centres)
+    kp2d = torch.from_numpy(project(KP3D, K, R_GT, T_GT)).float()
+    logits = torch.full((1, n, 1), -8.0)
+    good, weak = torch.tensor([10, 50]), torch.tensor([60, 70, 80])
+    logits[0, good, 0] = 3.0
+    logits[0, weak, 0] = -1.0  # sigmoid 0.27 < 0.3 x 0.95
+    offsets = ((kp2d[None, None] - centres[None, :, None]) / strides[None, :, None, None]).clone()
+    offsets[0, weak] += 5.0  # wrong votes, in the top 5 cells
+    _, weights, _ = keypoint_votes(logits, offsets, torch.tensor([0]), centres, strides, top_k=5)
+    assert weights[0, :2].gt(0).all() and weights[0, 2:].eq(0).all()
+    est = decode_poses(
+        logits, offsets, torch.tensor([0]), K[None], KP3D[None], centres, strides, top_k=5, aggregation="mean"
+    )
+    assert est.detected[0] and add_error(est.R[0], est.t[0], R_GT, T_GT, BOX) < 1e-3
+
+
+def test_each_sample_decodes_with_its_own_class_keypoints_and_camera() -> None:
+    centres, strides = cell_grid((128, 128), (8, 16, 32))
+    n = len(centres)
+    kp3d = np.stack([KP3D, 1.5 * KP3D])  # class 1 is a larger box
+    cameras = np.stack([K, np.array([[220.0, 0.0, 60.0], [0.0, 200.0, 66.0], [0.0, 0.0, 1.0]])])
+    labels = [1, 0]
+    logits = torch.full((2, n, 2), -8.0)
+    offsets = torch.zeros(2, n, 9, 2)
+    for i, label in enumerate(labels):
+        kp2d = torch.from_numpy(project(kp3d[label], cameras[i], R_GT, T_GT)).float()
+        logits[i, :20, label] = 3.0
+        offsets[i] = (kp2d[None] - centres[:, None]) / strides[:, None, None]
+    est = decode_poses(logits, offsets, torch.tensor(labels), cameras, kp3d, centres, strides)
+    assert est.detected.all()
+    for i in range(2):
+        assert add_error(est.R[i], est.t[i], R_GT, T_GT, BOX) < 1e-2
+
+
+def test_a_pose_behind_the_camera_is_no_pose(monkeypatch: pytest.MonkeyPatch) -> None:
+    kp2d = project(KP3D, K, R_GT, T_GT)
+    real = cv2.solvePnP
+
+    def behind(*args: Any, **kwargs: Any) -> Any:
+        ok, rvec, tvec = real(*args, **kwargs)
+        refined = kwargs.get("useExtrinsicGuess", False)
+        return ok, rvec, -tvec if refined else tvec  # the refinement lands on the mirrored pose, z < 0
+
+    monkeypatch.setattr(decode_module.cv2, "solvePnP", behind)
+    assert solve_pose(KP3D, kp2d[None], np.ones(1), K, "mean") is None

@@ -103,6 +103,40 @@ def test_canonical_pose_with_discrete_symmetry_picks_one_of_the_pair() -> None:
     assert np.trace(a[0]) >= np.trace(R) - 1e-12
 
 
+def test_symmetries_about_an_axis_off_the_origin_keep_the_translation_equivalent() -> None:
+    """BOP symmetries may act about a point other than the model origin: a discrete one with a translation,
+    a continuous one with an ``offset``. Equivalent poses must still share their canonical pose."""
+    rng = np.random.default_rng(5)
+    F = rotation_about(np.array([0.0, 0.0, 1.0]), np.pi)
+    p = np.array([10.0, -4.0, 0.0])  # the flip's axis passes through p: x -> F x + (I - F) p
+    flip = np.eye(4)
+    flip[:3, :3], flip[:3, 3] = F, (np.eye(3) - F) @ p
+    offset = np.array([5.0, 8.0, 0.0])  # the cylinder's axis passes through (5, 8, 0)
+    axis = np.array([0.0, 0.0, 1.0])
+
+    def flipped() -> tuple[np.ndarray, np.ndarray]:
+        return F, flip[:3, 3]
+
+    def spun() -> tuple[np.ndarray, np.ndarray]:  # x -> S (x - o) + o
+        S = rotation_about(axis, rng.uniform(0, 2 * np.pi))
+        return S, offset - S @ offset
+
+    for sym, spin in (
+        (Symmetries(discrete=(flip,)), flipped),
+        (Symmetries(continuous=((axis, offset),)), spun),
+    ):
+        for _ in range(5):
+            R, t = (
+                rotation_about(rng.normal(size=3), rng.uniform(0, 3)),
+                np.array([*rng.normal(size=2) * 50, 500.0]),
+            )
+            S, d = spin()
+            R_a, t_a = canonical_pose(R, t, sym)
+            R_b, t_b = canonical_pose(R @ S, R @ d + t, sym)  # the same view, the other equivalent pose
+            np.testing.assert_allclose(R_a, R_b, atol=1e-9)
+            np.testing.assert_allclose(t_a, t_b, atol=1e-6)
+
+
 def test_symmetries_from_models_info() -> None:
     info = {
         "diameter": 1.0,
