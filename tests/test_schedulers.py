@@ -48,6 +48,27 @@ def test_iterative_cycles() -> None:
     assert values(raw, 10) == pytest.approx(
         [0.0, 0.001, 0.001, 0.002, 0.002, 0.003, 0.003, 0.004, 0.004, 0.004]
     )
+    assert parse_schedule(raw, "s").final_epoch == 7  # the first epoch at the target
+
+
+def test_final_epoch_is_the_first_epoch_of_the_last_value() -> None:
+    for raw, final in (
+        ({"type": "multistep", "steps": {"0": 0.1, "5": 0.2}}, 5),
+        ({"type": "polynomial", "initial": 0.0, "target": 1.0, "start_epoch": 1, "end_epoch": 4}, 4),
+        ({"type": "exponential", "initial": 0.1, "target": 1.0, "start_epoch": 0, "end_epoch": 3}, 3),
+        (0.5, 0),
+    ):
+        schedule = parse_schedule(raw, "s")
+        assert schedule.final_epoch == final
+        assert schedule(final) == schedule(final + 10) and (
+            final == 0 or schedule(final - 1) != schedule(final)
+        )
+    late = parse_schedule({"type": "multistep", "steps": {"0": 0.0, "5": 1e-4}}, "s")
+    assert late.first_nonzero_from(3) == 5 and late.first_nonzero_from(6) == 6
+    assert (
+        parse_schedule({"type": "multistep", "steps": {"0": 1e-4, "5": 0.0}}, "s").first_nonzero_from(5)
+        is None
+    )
 
 
 def test_round_trip() -> None:

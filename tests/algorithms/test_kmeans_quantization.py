@@ -7,6 +7,7 @@ import nncf_ext
 from nncf_ext.algorithms.kmeans_quantization import KMeansQuantizer, kmeans_1d
 from nncf_ext.algorithms.kmeans_quantization.atoms import make_atoms
 from nncf_ext.algorithms.kmeans_quantization.init import INITIALIZERS
+from nncf_ext.algorithms.kmeans_quantization.kmeans import nearest_centroid
 from nncf_ext.errors import ConfigError, ModelError
 from nncf_ext.hooks import effective_weight, hooks_of_type
 from tests.conftest import TinyNet
@@ -209,6 +210,7 @@ def test_round_trip_through_get_config(example_input: torch.Tensor) -> None:
         ({"bits_per_scope": {"types": {"linear": 12}}}, "compression[0].bits_per_scope.types.linear"),
         ({"bits_per_scope": {"kinds": {}}}, "compression[0].bits_per_scope.kinds"),
         ({"reassign_interval": 5}, "compression[0].reassign_interval"),
+        ({"bits_per_scope": {"types": {"linear": 1}}}, "compression[0].bits"),  # a 1-bit rule, sparse
     ],
 )
 def test_bad_configs(options: dict, path: str) -> None:
@@ -234,6 +236,20 @@ def test_unmatched_bits_rule_and_unfinished_pruning(example_input: torch.Tensor)
     with pytest.raises(ConfigError, match="until epoch 5") as info:
         nncf_ext.load_config(config)
     assert info.value.path == "compression[1].start_epoch"
+    for start, refused in ((4, True), (5, False)):  # the threshold's last change is at epoch 5
+        config["compression"][1]["start_epoch"] = start
+        if refused:
+            with pytest.raises(ConfigError, match="until epoch 5"):
+                nncf_ext.load_config(config)
+        else:
+            nncf_ext.load_config(config)
+    iterative = {"type": "iterative", "initial": 0.1, "target": 0.3, "cycles": 3, "fine_tune_epochs": 2}
+    config["compression"][0]["threshold"] = iterative  # changes at epochs 2 and 4
+    config["compression"][1]["start_epoch"] = 4
+    nncf_ext.load_config(config)
+    config["compression"][1]["start_epoch"] = 3
+    with pytest.raises(ConfigError, match="until epoch 4"):
+        nncf_ext.load_config(config)
 
 
 def test_kmeans_of_float64_values_assigns_every_value_to_its_nearest_centroid() -> None:
@@ -384,6 +400,9 @@ def test_l1_still_on_when_sparsity_preserving_clustering_starts_is_refused(
         ) as info:
             nncf_ext.create_compression(TinyNet(), {"compression": entries}, example_input)
         assert info.value.path == path
+    late = {"algorithm": "l1_sparsity", "lambda": {"type": "multistep", "steps": {"0": 0.0, "5": 1e-4}}}
+    with pytest.raises(ConfigError, match=r"has lambda 0\.0001 at epoch 5"):  # L1 turning on later
+        nncf_ext.create_compression(TinyNet(), {"compression": [late, kmeans]}, example_input)
     fc_only = {**kmeans, "target_scope": {"names": ["fc.weight"]}}
     convs = {**l1, "target_scope": {"types": ["conv2d"]}}
     for entries in (
@@ -405,3 +424,26 @@ def test_malformed_kmeans_state_is_refused_whole(example_input: torch.Tensor) ->
         with pytest.raises(CheckpointError, match="malformed compression state of compression\\[0\\]"):
             pipeline.load_state_dict(bad)
     assert pipeline.state_dict() == state
+
+
+def test_reassign_finds_the_nearest_of_unsorted_trained_centroids(example_input: torch.Tensor) -> None:
+    """Trained centroids can cross: reassignment must not assume the codebook is sorted."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    config = kmeans_config(bits=3, assignment="reassign", preserve_sparsity=False)
+    pipeline = nncf_ext.create_compression(model, config, example_input)
+    hook = quantizers(model)["fc.weight"]
+    with torch.no_grad():
+        hook.codebook.copy_(hook.codebook[torch.randperm(len(hook.codebook))])
+    hook.invalidate()
+    pipeline.algorithms[0].reassign()  # type: ignore[attr-defined]
+    centroids = hook.effective_codebook().detach()
+    assert torch.equal(
+        hook.index.long().reshape(-1), brute_force_assignment(model.fc.weight.detach().reshape(-1), centroids)
+    )
+
+
+def test_kmeans_ties_go_to_the_lower_centroid() -> None:
+    result = kmeans_1d(torch.tensor([0.0, 1.0, 2.0]), 2)
+    assert result.centroids.tolist() == [0.5, 2.0]  # 1 is halfway between the initial 0 and 2
+    assert nearest_centroid(torch.tensor([1.0, 0.9, 1.1]), torch.tensor([0.0, 2.0])).tolist() == [0, 0, 1]

@@ -154,3 +154,25 @@ def test_repeating_an_epoch_prunes_no_more(example_input: torch.Tensor) -> None:
     for _ in range(3):
         pipeline.epoch_step(0)
         assert pipeline.summary()["threshold_pruning/pruned_fraction"] == pruned
+
+
+@pytest.mark.parametrize("regrowth", [False, True])
+def test_a_falling_threshold_regrows_weights_only_with_regrowth(
+    tiny_net: TinyNet, example_input: torch.Tensor, regrowth: bool
+) -> None:
+    schedule = {"type": "multistep", "steps": {"0": 0.1, "1": 0.0}}
+    pipeline = nncf_ext.create_compression(
+        tiny_net, pruning_config(schedule, regrowth=regrowth), example_input
+    )
+    pruned = sum(int((~h.mask).sum()) for h in masks(tiny_net).values())
+    assert pruned > 100
+    pipeline.epoch_step(1)
+    after = sum(int((~h.mask).sum()) for h in masks(tiny_net).values())
+    assert after == (0 if regrowth else pruned)
+
+
+def test_a_weight_exactly_at_the_threshold_is_kept() -> None:
+    w = torch.tensor([-2.0, -2.0, 2.0, 2.0, 0.0])  # mean 0, unbiased std exactly 2
+    assert float(w.std()) == 2.0
+    assert threshold_mask(w, 1.0, "std").tolist() == [True, True, True, True, False]
+    assert threshold_mask(torch.tensor([0.5, 0.25]), 0.5, "absolute").tolist() == [True, False]
