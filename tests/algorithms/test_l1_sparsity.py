@@ -76,3 +76,25 @@ def test_l1_loss_of_an_fp16_model_does_not_overflow() -> None:
     loss = pipeline.loss()
     assert loss is not None and torch.isfinite(loss)
     assert float(loss) == pytest.approx(1e-6 * 512 * 512 * 0.5, rel=1e-3)
+
+
+def test_frozen_weights_get_no_l1_gradient(tiny_net: TinyNet, example_input: torch.Tensor) -> None:
+    pipeline = nncf_ext.create_compression(tiny_net, config(1e-2), example_input)
+    tiny_net.fc.weight.requires_grad_(False)
+    tiny_net(example_input).sum().backward()
+    pipeline.inject_gradients()
+    assert tiny_net.fc.weight.grad is None
+    assert tiny_net.features[0].weight.grad is not None
+
+
+def test_the_loss_sums_every_entry(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    entries = [
+        {"algorithm": "l1_sparsity", "lambda": 1e-2, "target_scope": {"types": ["conv2d"]}},
+        {"algorithm": "l1_sparsity", "lambda": 1e-3, "target_scope": {"types": ["linear"]}},
+    ]
+    pipeline = nncf_ext.create_compression(model, {"compression": entries}, example_input)
+    convs = model.features[0].weight.abs().sum() + model.features[3].weight.abs().sum()
+    expected = 1e-2 * convs + 1e-3 * model.fc.weight.abs().sum()
+    torch.testing.assert_close(pipeline.loss(), expected.detach())

@@ -261,3 +261,24 @@ def test_malformed_initialized_state_is_refused(example_input: torch.Tensor) -> 
     bad = {**state, "algorithms": [{**state["algorithms"][0], "initialized": "false"}]}
     with pytest.raises(CheckpointError, match="'initialized' must be true or false"):
         pipeline.load_state_dict(bad)  # "false" used to switch on quantizers with uninitialised ranges
+
+
+def test_per_scope_bits_rules_are_applied_types_then_patterns_then_names(example_input: torch.Tensor) -> None:
+    """A name rule beats a pattern rule, which beats a type rule, whatever order the config lists them in."""
+    rules = {"names": {"fc.weight": 8}, "patterns": {"features.3.*": 6}, "types": {"linear": 3, "conv2d": 4}}
+    model = TinyNet()
+    nncf_ext.create_compression(model, config(weights={"bits": 5, "bits_per_scope": rules}), example_input)
+    bits = {layer.name: layer.bits for layer in nncf_ext.compression_statistic(model).layers}
+    assert bits == {"features.0.weight": 4, "features.3.weight": 6, "fc.weight": 8}
+
+
+def test_fixed_ranges_stay_fixed_after_a_resume(example_input: torch.Tensor) -> None:
+    options = {"weights": {"bits": 4}, "activations": {"bits": 8}, "trainable_ranges": False}
+    source = TinyNet()
+    state = nncf_ext.create_compression(source, config(**options), example_input).state_dict()
+    model = TinyNet()
+    pipeline = nncf_ext.create_compression(model, config(**options), example_input)
+    pipeline.load_state_dict(state)
+    (algo,) = pipeline.algorithms
+    quantizers = [*algo.weight_quantizers.values(), *algo.activation_quantizers.values()]
+    assert quantizers and all(not p.requires_grad for q in quantizers for p in q.parameters())
