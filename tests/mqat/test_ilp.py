@@ -143,3 +143,42 @@ def test_ilp_equals_dynamic_programming_on_40_modules(seed: int) -> None:
     assert sum(sens[m][got[m]] for m in modules) == pytest.approx(
         knapsack_optimum(sens, sizes, budget), rel=1e-9
     )
+
+
+def test_overlapping_ties_join_into_one_group() -> None:
+    # alone, a wants 8 bits and c wants 2; tied through b, all three share one width
+    sens = {
+        "a": {2: 9.0, 8: 0.0},
+        "b": {2: 0.1, 8: 0.0},
+        "c": {2: 0.0, 8: 0.5},
+    }
+    sizes = {"a": 10, "b": 10, "c": 10}
+    assert allocate_bits(sens, sizes, 240) == {"a": 8, "b": 8, "c": 2}  # untied
+    got = allocate_bits(sens, sizes, 240, ties=[["a", "b"], ["c", "b"]])
+    assert got == {"a": 8, "b": 8, "c": 8}
+    assert allocate_bits(sens, sizes, 239, ties=[["a", "b"], ["c", "b"]]) == {"a": 2, "b": 2, "c": 2}
+
+
+def test_a_budget_of_exactly_the_smallest_size_is_feasible() -> None:
+    sens = {"a": {2: 1.0, 4: 0.5, 8: 0.0}, "b": {3: 1.0, 8: 0.0}}
+    sizes = {"a": 100, "b": 50}
+    assert allocate_bits(sens, sizes, 100 * 2 + 50 * 3) == {"a": 2, "b": 3}
+    with pytest.raises(ConfigError, match="smallest reachable"):
+        allocate_bits(sens, sizes, 100 * 2 + 50 * 3 - 1)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_budgets_filled_exactly_match_brute_force(seed: int) -> None:
+    """Budgets equal to the size of some allocation, with the tie-breaks MQAT adds to its costs."""
+    from nncf_ext.mqat.algo import allocation_costs
+
+    rng = np.random.default_rng(seed + 100)
+    modules = [f"m{i}" for i in range(int(rng.integers(2, 5)))]
+    sizes = {m: int(rng.integers(1, 6)) * 10 for m in modules}
+    raw = {m: {b: float(rng.integers(0, 3)) for b in BITS} for m in modules}  # many exact ties
+    sens = {m: allocation_costs(raw[m]) for m in modules}
+    budget = sum(sizes[m] * int(rng.choice(BITS)) for m in modules)
+    _, expected_cost = brute_force(sens, sizes, budget)
+    got = allocate_bits(sens, sizes, budget)
+    assert sum(sizes[m] * got[m] for m in modules) <= budget
+    assert sum(sens[m][got[m]] for m in modules) == pytest.approx(expected_cost, abs=1e-12)
