@@ -116,6 +116,16 @@ def test_frozen_modules_stop_training() -> None:
     assert not model.backbone[2].weight.requires_grad
 
 
+def test_simultaneous_quantization_freezes_nothing() -> None:
+    """HAWQ-V3's one stage quantizes every module at once: ``freeze_quantized`` has no earlier stage to stop."""
+    model = ModularNet()
+    config = mqat(bits={"backbone": 8, "fpn": 4, "head": 4}, order="simultaneous", freeze_quantized=True)
+    pipeline = nncf_ext.create_compression(model, config, X)
+    for epoch in range(3):
+        pipeline.epoch_step(epoch)
+    assert all(p.requires_grad for p in model.parameters() if p.dtype.is_floating_point)  # weights, ranges
+
+
 def test_allocation_from_a_sensitivity_table(tmp_path: Path) -> None:
     table = SensitivityTable("metric", 1.0, {
         "backbone": {2: 5.0, 4: 1.0, 8: 0.0}, "fpn": {2: 0.01, 4: 0.0, 8: 0.0}, "head": {2: 3.0, 4: 0.5, 8: 0.0},

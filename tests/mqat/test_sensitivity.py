@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nncf_ext.model import model_weights
+from nncf_ext.model import get_weight, model_weights
 from nncf_ext.mqat import (
     ModuleSpec,
     hessian_sensitivity,
@@ -12,6 +12,7 @@ from nncf_ext.mqat import (
     measure_sensitivity,
     resolve_modules,
 )
+from nncf_ext.mqat.sensitivity import quantized_weight
 from nncf_ext.quantizers import MODES
 from nncf_ext.scopes import Scope
 from tests.mqat.models import fragile_fpn_net
@@ -85,6 +86,41 @@ def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Pat
     (tmp_path / "h.json").write_text(json.dumps(old))
     with pytest.raises(ZeroDivisionError):
         hessian_sensitivity(model, modules, BITS, lambda: 1 / 0, samples=4, cache=tmp_path / "h.json")
+
+
+def test_a_loss_to_minimise_gives_positive_costs() -> None:
+    """``higher_is_better=False`` (a loss): quantizing raises the loss, and the cost is that rise."""
+    model, modules, x = setup()
+    reference = model(x).detach()
+
+    def error() -> float:
+        with torch.no_grad():
+            return float((model(x) - reference).pow(2).mean())
+
+    table = measure_sensitivity(model, modules, BITS, error, higher_is_better=False)
+    assert table.baseline == 0.0
+    assert table.costs["fpn"][2] > table.costs["fpn"][4] > table.costs["fpn"][8] > 0
+    assert all(c == 0 for m in ("backbone", "head") for c in table.costs[m].values())  # ternary: lossless
+    assert table.order()[-1] == "fpn"
+
+
+def test_hawq_cost_is_the_mean_trace_times_the_perturbation() -> None:
+    """Tr(H) / n x ||Q(W) - W||^2 per module, with n its number of weights (HAWQ-V3)."""
+    model, modules, x = setup()
+    reference = model(x).detach()
+
+    def loss() -> torch.Tensor:
+        return (model(x) - reference - 0.1).pow(2).mean()
+
+    table = hessian_sensitivity(model, modules, BITS, loss, samples=16)
+    traces = hessian_traces(model, modules, loss, samples=16)
+    for name, weights in modules.items():
+        n = sum(w.numel for w in weights)
+        perturbation = sum(
+            float((quantized_weight(p, 4, "symmetric", per_channel=True, init="mse") - p).pow(2).sum())
+            for p in (get_weight(model, w.name).detach() for w in weights)
+        )
+        assert table.costs[name][4] == pytest.approx(abs(traces[name]) / n * perturbation, rel=1e-6)
 
 
 def test_hutchinson_trace_matches_the_exact_trace() -> None:
