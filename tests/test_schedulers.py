@@ -102,6 +102,13 @@ def test_round_trip() -> None:
         ({"type": "multistep", "steps": {}}, "s.steps"),
         ({"type": "exponential", "initial": 0.0, "target": 0.1, "end_epoch": 3}, "s.initial"),
         ({"type": "polynomial", "target": 0.1, "start_epoch": 4, "end_epoch": 3}, "s.end_epoch"),
+        ({"type": "polynomial", "target": 0.1, "start_epoch": 3, "end_epoch": 3}, "s.end_epoch"),
+        (
+            {"type": "exponential", "initial": 0.1, "target": 1.0, "start_epoch": 2, "end_epoch": 2},
+            "s.end_epoch",
+        ),
+        ({"type": "multistep", "steps": {"3": 0.1, "03": 0.2}}, "s.steps"),  # the same epoch twice
+        ({"type": "multistep", "steps": {"1": True}}, "s.steps['1']"),
         ({"type": "linear", "target": 0.1}, "s.type"),
         (-0.5, "s"),
     ],

@@ -92,6 +92,8 @@ def test_round_trip(example_input: torch.Tensor) -> None:
         ({"weights": {"mode": "log"}}, "compression[0].weights.mode"),
         ({"activations": {"bitz": 8}}, "compression[0].activations.bitz"),
         ({"weights": {"init": "percentile"}}, "compression[0].weights.init"),
+        ({"start_epoch": True}, "compression[0].start_epoch"),  # a bool is not the integer 1
+        ({"weights": {"bits": 4.0}}, "compression[0].weights.bits"),
     ],
 )
 def test_bad_configs(options: dict, path: str) -> None:
