@@ -333,3 +333,33 @@ def test_bad_paths_and_headers_are_named(tmp_path: Path, example_input: torch.Te
     _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", pruning_mask_as_quantizer)
     with pytest.raises(CheckpointError, match="'ThresholdPruningMask' is not a quantizer"):
         nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+def test_a_corrupt_code_table_or_a_negative_offset_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Wide(256, 64)
+    entries = [
+        {"algorithm": "threshold_pruning", "threshold": 0.025},
+        {"algorithm": "kmeans_quantization", "bits": 5},
+    ]
+    nncf_ext.create_compression(model, {"compression": entries}, torch.randn(1, 256))
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+    data = bytearray((tmp_path / "m.dca").read_bytes())
+    start = len(MAGIC) + 8
+    length = int.from_bytes(data[len(MAGIC) : start], "little")
+    header = json.loads(zlib.decompress(data[start : start + length]))
+    values = header["tensors"][0]["streams"][1]
+    assert values["coding"] == "huffman"
+    # the first 5-bit code length (MSB first) set to 31: decoding would build tables of 2^31 entries
+    lengths_at = start + length + values["lengths"]["offset"]
+    data[lengths_at] |= 0b11111000
+    (tmp_path / "t.dca").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="codes longer than"):
+        nncf_ext.load_archive(tmp_path / "t.dca")
+
+    def negative_offset(header: dict[str, Any]) -> None:  # would read bytes from the end of the payload
+        header["tensors"][0]["values"]["codebook"]["offset"] = -128
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "n.dca", negative_offset)
+    with pytest.raises(CheckpointError, match="outside the payload"):
+        nncf_ext.load_archive(tmp_path / "n.dca")
