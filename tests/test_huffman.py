@@ -62,3 +62,12 @@ def test_more_symbols_than_codes_of_max_length_is_refused() -> None:
     with pytest.raises(ValueError, match="5 symbols"):
         code_lengths(np.ones(5, dtype=np.int64), max_length=2)
     assert code_lengths(np.ones(4, dtype=np.int64), max_length=2).tolist() == [2, 2, 2, 2]
+
+
+def test_the_code_table_costs_what_the_archive_stores() -> None:
+    """5 bits per symbol of the alphabet, the width of the archive's lengths blob."""
+    from nncf_ext.export.archive import pack_fixed
+
+    assert table_bits(16) == 80
+    encoded = encode(np.arange(16).repeat(3), 16)
+    assert len(pack_fixed(encoded.lengths, 5)) == (table_bits(16) + 7) // 8

@@ -168,3 +168,47 @@ def test_other_parameters_show_their_own_bits() -> None:
     row = next(line for line in str(mixed).splitlines() if "(other parameters)" in line)
     assert row.split("│")[5].strip() == "24"
     assert nncf_ext.compression_statistic(nn.Sequential()).to_dict()["other_bits"] == 0
+
+
+def test_codebooks_count_in_every_size_and_totals_use_each_dtype() -> None:
+    model = sparse_model()
+    config = {
+        "compression": [
+            {"algorithm": "threshold_pruning", "threshold": 0.01},
+            {"algorithm": "kmeans_quantization", "bits": 2},
+        ]
+    }
+    nncf_ext.create_compression(model, config, torch.randn(1, 4))
+    stat = nncf_ext.compression_statistic(model)
+    (layer,) = stat.layers
+    assert layer.codebook_entries == 4 and layer.metadata_bits == 4 * 32  # zero + 3 centroids, fp32
+    assert layer.nonzero_bytes == (4 * 2 + 128) / 8
+    # CSR: 4 entries of a 4-bit gap and a 2-bit code, plus the codebook
+    assert layer.compressed_bytes == (4 * (4 + 2) + 128) / 8
+    # Huffman streams: gaps and codes (at least 1 bit per entry each), plus the codebook
+    assert layer.entropy_bytes >= 128 / 8 and layer.huffman_bytes >= (4 * 2 + 128) / 8
+    assert layer.huffman_bytes <= layer.compressed_bytes
+    # totals: the other parameters (the bias) count as stored, and sparsity only over compressed weights
+    assert stat.nonzeros == 4 + 8 and stat.sparsity == 28 / 32
+    half = sparse_model().half()
+    nncf_ext.create_compression(half, config, torch.randn(1, 4).half())
+    stat16 = nncf_ext.compression_statistic(half)
+    assert stat16.layers[0].dense_bytes == 32 * 2 and stat16.dense_bytes == 32 * 2 + 8 * 2
+
+
+def test_predicted_ir_bytes_of_int_weights_by_hand() -> None:
+    """8 x 4 weights per channel: 4- or 8-bit containers, an fp32 scale per channel, and for asymmetric
+    ranges an fp32 zero point per channel."""
+    for mode, bits, expected in (
+        ("symmetric", 4, 32 * 4 // 8 + 8 * 4),
+        ("asymmetric", 4, 32 * 4 // 8 + 8 * 4 + 8 * 4),
+        ("asymmetric", 6, 32 + 8 * 4 + 8 * 4),  # 6 bits ride in 8-bit containers
+    ):
+        model = OneLinear()
+        weights = {"bits": bits, "mode": mode, "per_channel": True}
+        nncf_ext.create_compression(
+            model,
+            {"compression": {"algorithm": "uniform_quantization", "weights": weights}},
+            torch.randn(1, 4),
+        )
+        assert nncf_ext.compression_statistic(model).layers[0].ir_bytes == expected, (mode, bits)
