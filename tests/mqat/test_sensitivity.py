@@ -64,6 +64,10 @@ def test_metric_and_hessian_rank_the_fragile_module_most_sensitive(tmp_path: Pat
     # the cache is used when method, modules and bits match
     cached = measure_sensitivity(model, modules, BITS, lambda: 1 / 0, cache=tmp_path / "s.json")
     assert cached.costs == table.costs
+    # but not for other candidate bits, fewer or more
+    for bits in ([2, 4], [2, 4, 6, 8]):
+        with pytest.raises(ZeroDivisionError):
+            measure_sensitivity(model, modules, bits, lambda: 1 / 0, cache=tmp_path / "s.json")
     # and measured again when a module holds other weights under the same name
     moved = {
         "backbone": modules["backbone"],
