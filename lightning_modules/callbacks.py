@@ -65,7 +65,6 @@ class NNCFCompressionCallback(pl.Callback):
         self.pipeline: nncf_ext.CompressionPipeline | None = None
         self._pending_state: dict[str, Any] | None = None
         self._stepped_at = 0  # trainer.global_step (optimizer steps) at the last pipeline.step()
-        self._stage = "fit"  # the stage of the Trainer's current run (setup)
         self._backwards = 0  # backward passes since the last optimizer step
 
     # -- model -------------------------------------------------------------------------------------------
@@ -102,7 +101,6 @@ class NNCFCompressionCallback(pl.Callback):
                 f"nncf-ext compression does not support DDP started by '{start_method}' "
                 "(ddp_spawn, ddp_fork, ddp_notebook): use strategy='ddp'"
             )
-        self._stage = stage
         if stage != "fit":
             # validate / test / predict a compressed checkpoint in a fresh process: the pipeline is made
             # when the checkpoint is loaded (see _check_before_weights_load)
@@ -227,7 +225,8 @@ class NNCFCompressionCallback(pl.Callback):
         Lightning restores the model before any callback state, so the check rides on the module's
         ``on_load_checkpoint``, which runs on the loaded checkpoint just before its weights are applied. When
         a checkpoint is validated, tested or predicted with in a fresh process, the pipeline is created there
-        (its hooks own parameters the checkpoint holds) and takes the checkpoint's state at the loop's start.
+        (its hooks own parameters the checkpoint holds); Lightning then restores the callback's state, in
+        every stage, through ``load_state_dict``.
         """
         original = pl_module.on_load_checkpoint
         if getattr(original, "_nncf_ext_checked", False):
@@ -241,8 +240,6 @@ class NNCFCompressionCallback(pl.Callback):
                     self.pipeline = nncf_ext.create_compression(
                         self.target(pl_module), self.config, self._example_input(pl_module)
                     )
-                if self._stage != "fit":  # Lightning restores callback states only when fitting
-                    self._pending_state = state
             original(checkpoint)
 
         on_load_checkpoint._nncf_ext_checked = True  # type: ignore[attr-defined]

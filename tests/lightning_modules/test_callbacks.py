@@ -116,6 +116,26 @@ def test_pipeline_steps_once_per_optimizer_step_under_accumulation(tmp_path: Pat
     assert callback.pipeline.state_dict()["algorithms"][0]["steps"] == 2
 
 
+def test_a_resumed_run_under_accumulation_steps_as_the_uninterrupted_one(tmp_path: Path) -> None:
+    """The first micro-batch after a resume is no optimizer step: the pipeline must not step there."""
+    config = {"compression": [{**KMEANS, "start_epoch": 0, "assignment": "reassign", "reassign_interval": 2}]}
+
+    def run(root: Path, epochs: int, ckpt: str | None = None) -> NNCFCompressionCallback:
+        pl.seed_everything(0)
+        callback = NNCFCompressionCallback(config, print_statistics=False)
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=root, save_last=True, every_n_epochs=1)
+        t = trainer(root, epochs, [callback, checkpoint], accumulate_grad_batches=4)
+        t.fit(ToyModule(), SeededToyData(size=256, batch_size=32), ckpt_path=ckpt)  # 2 steps an epoch
+        return callback
+
+    full = run(tmp_path / "full", 2)
+    run(tmp_path / "part", 1)
+    resumed = run(tmp_path / "part", 2, ckpt=str(tmp_path / "part" / "last.ckpt"))
+    assert full.pipeline is not None and resumed.pipeline is not None
+    assert resumed.pipeline.state_dict()["algorithms"][0]["steps"] == 4
+    assert full.pipeline.state_dict()["algorithms"][0]["steps"] == 4
+
+
 def test_a_callback_refuses_a_second_model(tmp_path: Path) -> None:
     callback = NNCFCompressionCallback({"compression": [L1]}, print_statistics=False)
     module = ToyModule()
