@@ -2,6 +2,7 @@
 
 python examples/pose.py                       # the embedded data set (generated and cached on first use)
 python examples/pose.py --data /path/to/lm --obj-ids 1 5 --image-size 480 640 --train-split train_pbr
+python examples/pose.py --data /path/to/tless --several-instances   # several instances of an object per image
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         choices=["32-true", "bf16-mixed"],
         help="training precision (default: bf16-mixed where the CPU has native bf16, else 32-true)",
     )
+    parser.add_argument(
+        "--several-instances",
+        action="store_true",
+        help="evaluate per image, every instance of an object decoded and matched (T-LESS, IC-BIN)",
+    )
     parser.add_argument("--output", type=output_file, default="outputs/pose_base.json")
     parser.add_argument("--checkpoint", type=output_file, help="also save the model state_dict here")
     args = parser.parse_args(argv)
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         seed=args.seed,
         keypoints=args.keypoints,
         precision=args.precision,
+        several_instances=args.several_instances,
     )
     module, result = train_base(root, cfg)
     print(f"trained {result['train_images']} images x {cfg.epochs} epochs in {result['train_seconds']:.0f} s")

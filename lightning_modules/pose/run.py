@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset
+from lightning_modules.data.bop import BopEvalDataset, BopImageEvalDataset, BopTrainDataset
 from lightning_modules.data.pose_augment import PoseAugment
 from lightning_modules.metrics.pose import DEPTH_BINS, THRESHOLDS, PoseAccuracy
 from lightning_modules.pose.module import PoseModule
@@ -38,6 +38,9 @@ class TrainConfig:
     augment: bool = True  # random similarity warp + colour jitter of training images
     max_instances: int = 8  # annotated objects used per training image (more are left unlabelled)
     keypoints: str = "bbox"  # "bbox": box corners + centre (WDR); "surface": farthest-point samples + centre
+    # evaluate per image, every instance decoded and matched (BopImageEvalDataset), for data sets with several
+    # instances of an object in one image; test_limit then counts images
+    several_instances: bool = False
     # Trainer precision; None: "bf16-mixed" where the CPU computes bf16 natively (AVX512-BF16 / AMX), which
     # trains about 1.4x faster, else "32-true". Evaluation always runs in fp32.
     precision: str | None = None
@@ -63,7 +66,8 @@ class EpochLog(pl.Callback):
 
 
 def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLoader, BopTrainDataset]:
-    """Shuffled training loader (``BopTrainDataset``) and evaluation loader (``BopEvalDataset.collate``)."""
+    """Shuffled training loader (``BopTrainDataset``) and evaluation loader (``BopEvalDataset``, or
+    ``BopImageEvalDataset`` with ``several_instances``)."""
     augment = PoseAugment() if cfg.augment else None
     train = BopTrainDataset(
         root,
@@ -75,7 +79,8 @@ def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLo
         augment=augment,
         keypoints=cfg.keypoints,
     )
-    test = BopEvalDataset(root, cfg.test_split, cfg.obj_ids, cfg.image_size, keypoints=cfg.keypoints)
+    evaluation = BopImageEvalDataset if cfg.several_instances else BopEvalDataset
+    test = evaluation(root, cfg.test_split, cfg.obj_ids, cfg.image_size, keypoints=cfg.keypoints)
     train_set, test_set = (
         _limited(train, cfg.train_limit, "train_limit"),
         _limited(test, cfg.test_limit, "test_limit"),
@@ -95,7 +100,7 @@ def data_loaders(root: str | Path, cfg: TrainConfig) -> tuple[DataLoader, DataLo
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,  # keeps each worker's image cache across epochs
     )
-    test_loader = DataLoader(test_set, batch_size=cfg.batch_size, collate_fn=BopEvalDataset.collate)
+    test_loader = DataLoader(test_set, batch_size=cfg.batch_size, collate_fn=evaluation.collate)
     return train_loader, test_loader, train
 
 

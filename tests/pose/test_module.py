@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_modules.data.bop import BopEvalDataset, BopTrainDataset
+from lightning_modules.data.bop import BopEvalDataset, BopImageEvalDataset, BopTrainDataset
 from lightning_modules.data.pose_synth import SynthConfig, pose_synth
 from lightning_modules.pose.module import PoseModule
 from lightning_modules.pose.run import TrainConfig, data_loaders, evaluate
@@ -81,6 +81,11 @@ def test_short_fit_lowers_the_loss_and_validates(root: Path, tmp_path: Path) -> 
 
     metrics, _ = evaluate(module, DataLoader(val, batch_size=4, collate_fn=BopEvalDataset.collate))
     assert metrics["count"] == 4.0 and 0.0 <= metrics["add_0.5d"] <= 1.0
+    # per image (several instances of an object per image): the same four instances are scored
+    _, images, _ = data_loaders(root, TrainConfig(workers=0, batch_size=4, several_instances=True))
+    assert isinstance(images.dataset, BopImageEvalDataset)
+    per_image, _ = evaluate(module, images)
+    assert per_image["count"] == 4.0 and 0.0 <= per_image["add_0.5d"] <= 1.0
 
 
 @pytest.mark.parametrize(
