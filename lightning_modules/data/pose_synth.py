@@ -425,7 +425,10 @@ def write_pose_synth(cfg: SynthConfig, root: Path) -> Path:
     writer.write_split(root / "train", cfg.num_train, 1)
     writer.write_split(root / "test", cfg.num_test, 2)
     writer.renderer.release()
-    info_file = {"generator": "pose_synth", "version": GENERATOR_VERSION, "config": asdict(cfg)}
+    config = asdict(cfg)
+    if config["instances"] == 1:  # as in the key: one-instance data sets stay as they were written
+        del config["instances"]
+    info_file = {"generator": "pose_synth", "version": GENERATOR_VERSION, "config": config}
     (root / _INFO_FILE).write_text(json.dumps(info_file, indent=1))
     return root
 

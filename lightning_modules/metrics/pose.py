@@ -8,7 +8,7 @@
 - per depth bin: three equal-width bins of the ground-truth depth (t_z) between its minimum and maximum
   over the evaluated set, named near / medium / far;
 - several instances of an object in one image: ``match_poses`` pairs estimates with instances as BOP's
-  ``pose_matching`` does, and an instance left without an estimate is missed.
+  ``pose_matching`` does at every threshold, and an instance left without an estimate is missed.
 
 Pure functions on numpy, and ``PoseAccuracy``, a torchmetrics ``Metric`` whose states are per-sample lists
 concatenated across processes (``dist_reduce_fx="cat"``), so the result is the same under DDP.
@@ -104,14 +104,17 @@ def match_poses(
     t_gt: ArrayLike,
     points: ArrayLike,
     symmetric: bool,
-    diameter: float,
-    max_error: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Match the estimates (E) of one object in one image to its ground-truth instances (G), as BOP's
-    ``pose_matching.match_poses`` does when the instance count is known: only the ``G`` best-scoring
-    estimates count, and in descending score each takes the unmatched instance with the smallest ADD(-S)
-    error below ``max_error`` x ``diameter``. Returns per instance the index of its estimate (-1: none) and
-    its error (NaN: none). BOP matches once per error threshold; this matches once, at ``max_error``.
+) -> np.ndarray:
+    """BOP's matching of the estimates (E) of one object in one image to its ground-truth instances (G),
+    at every threshold at once: per instance, the error level ``e`` (NaN: never matched) such that at any
+    threshold ``tau``, ``e < tau`` exactly when ``bop_toolkit_lib.pose_matching.match_poses`` pairs the
+    instance with an estimate.
+
+    BOP, with the instance count known: only the ``G`` best-scoring estimates count; in descending score each
+    takes the unmatched instance with the smallest ADD(-S) error below ``tau``. The matching changes only
+    where ``tau`` passes one of the E x G errors, and the matched set only grows with ``tau``, so ``e`` is
+    the smallest error at which the matching allowed up to it pairs the instance. ``e`` is usually the
+    instance's own error; a costlier estimate can take an instance at a looser threshold, which ``e`` keeps.
     """
     R_e, t_e, R_g, t_g = _np(R_est), _np(t_est), _np(R_gt), _np(t_gt)
     score = _np(scores).reshape(-1)
@@ -121,23 +124,29 @@ def match_poses(
             f"expected R (n, 3, 3) and t (n, 3) for {e} estimates and {g} instances, got R_est {R_e.shape}, "
             f"t_est {t_e.shape}, R_gt {R_g.shape}, t_gt {t_g.shape}"
         )
-    match = np.full(g, -1, dtype=np.int64)
-    error = np.full(g, np.nan)
+    level = np.full(g, np.nan)
+    if e == 0 or g == 0:
+        return level
+    best = np.argsort(-score, kind="stable")[:g]
     pts = _np(points)
-    for i in np.argsort(-score, kind="stable")[:g]:
-        free = np.flatnonzero(match < 0)
-        errs = pose_errors(
-            np.repeat(R_e[i : i + 1], len(free), 0),
-            np.repeat(t_e[i : i + 1], len(free), 0),
-            R_g[free],
-            t_g[free],
-            np.broadcast_to(pts, (len(free), *pts.shape)),
-            np.full(len(free), symmetric),
-        )
-        best = int(np.argmin(errs))
-        if errs[best] < max_error * diameter:
-            match[free[best]], error[free[best]] = i, errs[best]
-    return match, error
+    pairs = np.array([(i, j) for i in best for j in range(g)], dtype=np.int64).reshape(-1, 2)
+    errors = pose_errors(
+        R_e[pairs[:, 0]],
+        t_e[pairs[:, 0]],
+        R_g[pairs[:, 1]],
+        t_g[pairs[:, 1]],
+        np.broadcast_to(pts, (len(pairs), *pts.shape)),
+        np.full(len(pairs), symmetric),
+    ).reshape(len(best), g)
+    for limit in np.unique(errors):  # ascending: each instance keeps the first level that pairs it
+        taken = np.zeros(g, dtype=bool)
+        for row in errors:
+            allowed = np.where(~taken & (row <= limit), row, np.inf)
+            j = int(np.argmin(allowed))
+            if np.isfinite(allowed[j]):
+                taken[j] = True
+        level[taken & np.isnan(level)] = limit
+    return level
 
 
 def depth_bins(depths: ArrayLike, bins: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -214,28 +223,40 @@ class PoseAccuracy(Metric):
 
     def update(
         self,
-        R_est: ArrayLike,
-        t_est: ArrayLike,
+        R_est: ArrayLike | None,
+        t_est: ArrayLike | None,
         R_gt: ArrayLike,
         t_gt: ArrayLike,
         points: ArrayLike | Sequence[ArrayLike],
         diameters: ArrayLike,
         symmetric: ArrayLike,
         detected: ArrayLike | None = None,
+        errors: ArrayLike | None = None,
     ) -> None:
+        """Estimated and ground-truth poses per sample, or ``errors`` computed by the caller (the levels of
+        ``match_poses`` for several instances per image; NaN: missed) with ``R_est = t_est = None``."""
         sym = _np(symmetric).astype(bool).reshape(-1)
         det = np.ones_like(sym) if detected is None else _np(detected).astype(bool).reshape(-1)
         diam = _np(diameters).reshape(-1)
+        given = None if errors is None else _np(errors).reshape(-1)
         if not (len(det) == len(diam) == len(sym)):
             raise ValueError(
                 f"detected and diameters need {len(sym)} entries, got {len(det)} and {len(diam)}"
             )
+        if given is not None and len(given) != len(sym):
+            raise ValueError(f"errors need {len(sym)} entries, got {len(given)}")
         if len(sym) == 0:
             return
-        errors = pose_errors(R_est, t_est, R_gt, t_gt, points, sym)
-        errors[~det] = np.nan
+        if given is not None:
+            det = det & ~np.isnan(given)
+            errors_np = given.copy()
+        elif R_est is None or t_est is None:
+            raise ValueError("give the estimated poses, or the errors")
+        else:
+            errors_np = pose_errors(R_est, t_est, R_gt, t_gt, points, sym)
+        errors_np[~det] = np.nan
         depth = _np(t_gt).reshape(len(sym), 3)[:, 2]
-        values = {"errors": errors, "diameters": diam, "depths": depth, "symmetric": sym, "missed": ~det}
+        values = {"errors": errors_np, "diameters": diam, "depths": depth, "symmetric": sym, "missed": ~det}
         for name, value in values.items():
             state: list[torch.Tensor] = getattr(self, name)
             state.append(torch.as_tensor(value, dtype=self.dtype, device=self.device))

@@ -47,6 +47,7 @@ class PoseModule(pl.LightningModule):
         zoom_size: float | None = 56.0,
         max_zoom: float = 2.0,
         instance_radius: float = 0.5,
+        max_detections: int = 10,
         thresholds: Sequence[float] = THRESHOLDS,
     ) -> None:
         super().__init__()
@@ -59,6 +60,10 @@ class PoseModule(pl.LightningModule):
             raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
         if not instance_radius > 0:
             raise ValueError(f"instance_radius must be > 0, got {instance_radius}")
+        if not 0 <= min_score <= 1 or max_detections < 1:
+            raise ValueError(
+                f"min_score must lie in [0, 1] and max_detections be >= 1, got {min_score}, {max_detections}"
+            )
         self.save_hyperparameters()
         self.hparams["keypoints_3d"] = kp.tolist()  # plain lists in checkpoints / hparams.yaml
         self.model = PoseNet(len(kp), widths, fpn_channels, head_convs)
@@ -116,9 +121,16 @@ class PoseModule(pl.LightningModule):
         return self._zoom_in(images, labels, K, self._decode(images, labels, K))
 
     def _zoom_in(
-        self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor, est: PoseEstimates
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        K: torch.Tensor,
+        est: PoseEstimates,
+        rows: np.ndarray | None = None,
     ) -> PoseEstimates:
-        """``est`` with the poses of small objects decoded again from magnified crops (see ``pose.zoom``)."""
+        """``est`` with the poses of small objects decoded again from magnified crops (see ``pose.zoom``).
+        ``labels``, ``K`` and ``est`` have one entry per estimate, ``rows`` its image (default: the same
+        position in ``images``)."""
         if self.hparams["zoom_size"] is None:
             return est
         found = np.flatnonzero(est.detected)
@@ -131,9 +143,11 @@ class PoseModule(pl.LightningModule):
             return est
         redo, K_np = found[small], K_np[small]
         A = zoom_matrices(centres[small], zooms[small], (images.shape[-2], images.shape[-1]))
-        index = torch.from_numpy(redo).to(images.device)
-        crops = zoom_crops(images[index], A)
-        second = self._decode(crops, labels[index], torch.from_numpy(A @ K_np))
+        image_rows = redo if rows is None else rows[redo]
+        crops = zoom_crops(images[torch.from_numpy(image_rows).to(images.device)], A)
+        second = self._decode(
+            crops, labels[torch.from_numpy(redo).to(labels.device)], torch.from_numpy(A @ K_np)
+        )
         replaced = redo[second.detected]
         est.R[replaced], est.t[replaced] = second.R[second.detected], second.t[second.detected]
         return est
@@ -144,7 +158,8 @@ class PoseModule(pl.LightningModule):
 
         With ``zoom_size`` set, small objects are decoded again from magnified crops, as in
         ``predict_poses``; a second pose is kept only where it projects onto the same instance (its centre
-        within ``radius`` x the first pose's extent), since a crop may show a neighbour of the same class.
+        within ``instance_radius`` x the first pose's extent), since a crop may show a neighbour of the same
+        class. At most ``max_detections`` instances of a class are solved per image.
         """
         logits, offsets = self(images)
         centres, strides = self._cells(images)
@@ -159,22 +174,23 @@ class PoseModule(pl.LightningModule):
             top_k=self.hparams["top_k"],
             aggregation=self.hparams["aggregation"],
             radius=self.hparams["instance_radius"],
+            max_instances=self.hparams["max_detections"],
         )
         flat = [d for dets in found for d in dets]
         if not flat or self.hparams["zoom_size"] is None:
             return found
-        index = torch.tensor([b for b, dets in enumerate(found) for _ in dets], device=images.device)
-        labels = torch.tensor([d.label for d in flat], device=images.device)
+        rows = np.array([b for b, dets in enumerate(found) for _ in dets])
+        labels = torch.tensor([d.label for d in flat])
         first = PoseEstimates(
             np.stack([d.R for d in flat]),
             np.stack([d.t for d in flat]),
             np.ones(len(flat), dtype=bool),
             np.array([d.score for d in flat]),
         )
-        K_det = K[index]
-        est = self._zoom_in(images[index], labels, K_det, copy.deepcopy(first))
-        kp = self.keypoints_3d.cpu().numpy()[labels.cpu().numpy()]
-        K_np = np.asarray(K_det.detach().cpu(), dtype=np.float64)
+        K_det = K.detach().cpu()[torch.from_numpy(rows)]
+        est = self._zoom_in(images, labels, K_det, copy.deepcopy(first), rows)
+        kp = self.keypoints_3d.cpu().numpy()[labels.numpy()]
+        K_np = np.asarray(K_det, dtype=np.float64)
         sizes, before = projected_extent(kp, first.R, first.t, K_np)
         _, after = projected_extent(kp, est.R, est.t, K_np)
         same = np.linalg.norm(after - before, axis=1) <= self.hparams["instance_radius"] * sizes
@@ -184,37 +200,31 @@ class PoseModule(pl.LightningModule):
         return found
 
     def score_images(self, metric: PoseAccuracy, batch: dict[str, Any]) -> None:
-        """Score a batch of ``BopImageEvalDataset.collate``: every instance is decoded, the detections of each
-        object in each image are matched to its instances (``metrics.pose.match_poses``, at the metric's
-        largest threshold), and an instance without a match is missed."""
+        """Score a batch of ``BopImageEvalDataset.collate``: every instance is decoded, and the detections of
+        each object in each image are matched to its instances as BOP does at each of the metric's
+        thresholds (``metrics.pose.match_poses``); an instance without a match is missed."""
         found = self.predict_instances(batch["image"], batch["K"])
         image_index = batch["image_index"].cpu().numpy()
         labels = batch["label"].cpu().numpy()
         R_gt = np.asarray(batch["R"].detach().cpu(), dtype=np.float64)
         t_gt = np.asarray(batch["t"].detach().cpu(), dtype=np.float64)
-        R, t = np.tile(np.eye(3), (len(labels), 1, 1)), np.zeros((len(labels), 3))
-        detected = np.zeros(len(labels), dtype=bool)
+        errors = np.full(len(labels), np.nan)
         for b, label in sorted({(int(i), int(c)) for i, c in zip(image_index, labels, strict=True)}):
             instances = np.flatnonzero((image_index == b) & (labels == label))
             dets = [d for d in found[b] if d.label == label]
-            if not dets:
-                continue
-            first = instances[0]
-            match, _ = match_poses(
-                np.stack([d.R for d in dets]),
-                np.stack([d.t for d in dets]),
-                np.array([d.score for d in dets]),
-                R_gt[instances],
-                t_gt[instances],
-                batch["points"][first],
-                bool(batch["symmetric"][first]),
-                float(batch["diameter"][first]),
-                max(metric.thresholds),
-            )
-            for instance, e in zip(instances, match, strict=True):
-                if e >= 0:
-                    R[instance], t[instance], detected[instance] = dets[e].R, dets[e].t, True
-        metric.update(R, t, R_gt, t_gt, batch["points"], batch["diameter"], batch["symmetric"], detected)
+            if dets:
+                errors[instances] = match_poses(
+                    np.stack([d.R for d in dets]),
+                    np.stack([d.t for d in dets]),
+                    np.array([d.score for d in dets]),
+                    R_gt[instances],
+                    t_gt[instances],
+                    batch["points"][instances[0]],
+                    bool(batch["symmetric"][instances[0]]),
+                )
+        metric.update(
+            None, None, R_gt, t_gt, batch["points"], batch["diameter"], batch["symmetric"], errors=errors
+        )
 
     def _decode(self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor) -> PoseEstimates:
         logits, offsets = self(images)

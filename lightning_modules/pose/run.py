@@ -117,7 +117,7 @@ def _limited(dataset: Any, limit: int | None, name: str) -> Any:
 
 def evaluate(module: PoseModule, loader: DataLoader) -> tuple[dict[str, float], float]:
     """ADD(-S) accuracies of ``module`` in eval mode over ``loader`` (of ``BopEvalDataset``, or of
-    ``BopImageEvalDataset``: every instance decoded and matched), and the seconds per instance."""
+    ``BopImageEvalDataset``: every instance decoded and matched), and the seconds per item's image."""
     module.eval()
     metric = PoseAccuracy(module.hparams["thresholds"])
     count, start = 0, time.perf_counter()
@@ -126,7 +126,7 @@ def evaluate(module: PoseModule, loader: DataLoader) -> tuple[dict[str, float], 
             module.score_images(metric, batch)
         else:
             module.score_batch(metric, batch)
-        count += len(batch["label"])
+        count += len(batch["image"])
     seconds = (time.perf_counter() - start) / max(count, 1)
     return {k: float(v) for k, v in metric.compute().items()}, seconds
 
@@ -155,7 +155,7 @@ def train_base(root: str | Path, cfg: TrainConfig) -> tuple[PoseModule, dict[str
         "data": str(root),
         "config": {**asdict(cfg), "precision": cfg.precision or default_precision()},
         "train_images": len(train_loader.dataset),  # type: ignore[arg-type]
-        "test_instances": len(test_loader.dataset),  # type: ignore[arg-type]
+        "test_instances": int(metrics["count"]),
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "train_seconds": train_seconds,
         "eval_seconds_per_image": seconds_per_image,

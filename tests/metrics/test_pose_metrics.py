@@ -269,3 +269,22 @@ def test_metric_syncs_when_a_process_had_no_update() -> None:
     for rank in (0, 1):
         assert out[rank] == pytest.approx(expected, nan_ok=True)
         assert out[f"missed_dtype_{rank}"] == "bool"
+
+
+def test_metric_takes_errors_computed_by_the_caller() -> None:
+    """Several instances per image: the errors are match_poses' levels, NaN where nothing matched."""
+    metric = PoseAccuracy()
+    t = np.array([[0.0, 0.0, 400.0]] * 3)
+    metric.update(None, None, np.stack([np.eye(3)] * 3), t, np.stack([UNIT] * 3), [10.0] * 3, [False] * 3,
+                  errors=[0.5, np.nan, 3.0])  # fmt: skip
+    result = metric.compute()
+    assert float(result["add_0.1d"]) == pytest.approx(1 / 3) and float(result["add_0.5d"]) == pytest.approx(
+        2 / 3
+    )
+    assert float(result["missed"]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="errors need 3 entries"):
+        metric.update(
+            None, None, np.stack([np.eye(3)] * 3), t, np.stack([UNIT] * 3), [10.0] * 3, [0] * 3, errors=[1.0]
+        )
+    with pytest.raises(ValueError, match="estimated poses, or the errors"):
+        metric.update(None, None, np.stack([np.eye(3)] * 3), t, np.stack([UNIT] * 3), [10.0] * 3, [0] * 3)

@@ -86,41 +86,71 @@ def test_every_instance_of_a_class_is_decoded() -> None:
         logits, offsets, K[None], np.stack([KP3D, KP3D]), CENTRES, STRIDES, max_instances=1
     )
     assert [d.label for d in capped[0]] == [1, 0] and capped[0][0].score == found[0][0].score
+    # min_score 0: every cell may seed an instance, at most max_instances per class
+    loose = decode_instances(
+        logits, offsets, K[None], np.stack([KP3D, KP3D]), CENTRES, STRIDES, 0.0, max_instances=3
+    )
+    assert sum(d.label == 1 for d in loose[0]) <= 3 and sum(d.label == 0 for d in loose[0]) <= 3
     # below min_score nothing is found
     assert decode_instances(logits, offsets, K[None], np.stack([KP3D, KP3D]), CENTRES, STRIDES, 0.99) == [[]]
 
 
-def test_match_poses_follows_bop_score_order_and_instance_count() -> None:
+def bop_match(errors: np.ndarray, scores: np.ndarray, tau: float) -> set[int]:
+    """bop_toolkit's pose_matching.match_poses at one threshold, as written there: the instances matched."""
+    taken: set[int] = set()
+    for i in np.argsort(-scores, kind="stable")[: errors.shape[1]]:
+        best, best_error = -1, tau
+        for j in range(errors.shape[1]):
+            if j not in taken and errors[i, j] < best_error:
+                best, best_error = j, errors[i, j]
+        if best >= 0:
+            taken.add(best)
+    return taken
+
+
+def test_match_poses_follows_bop_at_every_threshold() -> None:
+    """Random estimates of three or four instances: ``level < tau`` is BOP's matching at each tau."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        g, e = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        R_gt = np.stack([rotation_about(rng.normal(size=3), rng.uniform(0, 3)) for _ in range(g)])
+        t_gt = rng.normal(size=(g, 3)) * 80 + [0, 0, 500]
+        near = rng.integers(0, g, e)  # each estimate lands near one instance, some far off
+        R_est = R_gt[near] @ np.stack(
+            [rotation_about(rng.normal(size=3), rng.uniform(0, 0.3)) for _ in range(e)]
+        )
+        t_est = t_gt[near] + rng.normal(size=(e, 3)) * rng.choice([2.0, 10.0, 60.0], (e, 1))
+        scores = rng.random(e).round(1)  # ties too
+        level = match_poses(R_est, t_est, scores, R_gt, t_gt, BOX, False)
+        errors = np.array(
+            [[add_error(R_est[i], t_est[i], R_gt[j], t_gt[j], BOX) for j in range(g)] for i in range(e)]
+        )
+        for tau in (0.05, 0.1, 0.2, 0.5, 1.0, 5.0):
+            matched = bop_match(errors, scores, tau * DIAMETER)
+            assert {j for j in range(g) if level[j] < tau * DIAMETER} == matched
+
+
+def test_match_poses_by_hand() -> None:
+    """The costlier best-scoring estimate takes A at a loose threshold; at a tight one BOP gives A to the
+    exact one: A's level is the tight error; B takes a far estimate only at a threshold of about 2 diameters
+    (the exact estimate of B scores too low to count: two instances, so the two best estimates)."""
     R_gt, t_gt = np.stack([R_A, R_B]), np.stack([T_A, T_B])
-    shift = np.array([0.0, 0.0, 5.0])  # an ADD error of 5 mm
-    R_est = np.stack([R_A, R_B, R_B, R_A])
-    t_est = np.stack([T_A + shift, T_B, T_B + 2 * shift, T_A])
-    scores = np.array([0.9, 0.5, 0.95, 0.1])
-    match, error = match_poses(R_est, t_est, scores, R_gt, t_gt, BOX, False, DIAMETER)
-    # estimate 2 (best score) takes B although estimate 1 is exact; estimate 0 takes A; only the two best
-    # count (two instances), so the exact estimate 3 is never used
-    assert match.tolist() == [0, 2]
-    np.testing.assert_allclose(error, [5.0, 10.0])
-    # an estimate too far from every instance takes none and leaves it to the next one
-    far = np.stack([T_A + 100 * shift, T_B])
-    match, error = match_poses(R_gt, far, np.array([0.9, 0.8]), R_gt, t_gt, BOX, False, DIAMETER, 0.5)
-    assert match.tolist() == [-1, 1] and np.isnan(error[0])
-    # no estimates: every instance unmatched
-    match, _ = match_poses(
-        np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0), R_gt, t_gt, BOX, False, DIAMETER
-    )
-    assert match.tolist() == [-1, -1]
+    shift = np.array([0.0, 0.0, 1.0])
+    R_est, t_est = np.stack([R_A, R_A, R_B]), np.stack([T_A + 30 * shift, T_A + shift, T_B])
+    level = match_poses(R_est, t_est, np.array([0.9, 0.8, 0.1]), R_gt, t_gt, BOX, False)
+    assert level[0] == pytest.approx(1.0) and level[1] > DIAMETER
+    # no estimates: nothing matched
+    empty = match_poses(np.zeros((0, 3, 3)), np.zeros((0, 3)), np.zeros(0), R_gt, t_gt, BOX, False)
+    assert np.isnan(empty).all()
     with pytest.raises(ValueError, match="estimates"):
-        match_poses(R_est, t_est[:2], scores, R_gt, t_gt, BOX, False, DIAMETER)
+        match_poses(R_est, t_est[:2], np.ones(3), R_gt, t_gt, BOX, False)
 
 
 def test_match_poses_uses_adds_for_symmetric_objects() -> None:
     flip = rotation_about(np.array([0.0, 0.0, 1.0]), np.pi)  # the box maps onto itself
     R_est, t_est = (R_A @ flip)[None], T_A[None]
-    match, error = match_poses(R_est, t_est, np.ones(1), R_A[None], T_A[None], BOX, True, DIAMETER, 0.05)
-    assert match.tolist() == [0] and error[0] < 1e-6
-    match, _ = match_poses(R_est, t_est, np.ones(1), R_A[None], T_A[None], BOX, False, DIAMETER, 0.05)
-    assert match.tolist() == [-1]
+    assert match_poses(R_est, t_est, np.ones(1), R_A[None], T_A[None], BOX, True)[0] < 1e-6
+    assert match_poses(R_est, t_est, np.ones(1), R_A[None], T_A[None], BOX, False)[0] > 0.5 * DIAMETER
 
 
 def image_batch(objects: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -152,6 +182,13 @@ def test_score_images_credits_each_instance_once(monkeypatch: pytest.MonkeyPatch
     module.val_metric.reset()
     module.validation_step(image_batch([(1, R_A, T_A), (1, R_A, T_A)]), 0)
     assert module.val_metric.per_sample()["missed"].tolist() == [False, True]  # one detection, one instance
+    # at most max_detections instances of a class per image
+    capped = PoseModule(np.stack([KP3D, KP3D]), zoom_size=None, max_detections=1)
+    two, two_offsets = dense([(1, R_A, T_A, 3.0), (1, R_B, T_B, 2.0)])
+    monkeypatch.setattr(capped, "forward", lambda images: (two, two_offsets))
+    assert len(capped.predict_instances(torch.zeros(1, 3, 128, 128), torch.from_numpy(K)[None])[0]) == 1
+    with pytest.raises(ValueError, match="max_detections"):
+        PoseModule(np.stack([KP3D, KP3D]), max_detections=0)
 
 
 def test_zoomed_poses_are_kept_only_on_the_same_instance(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,7 +198,7 @@ def test_zoomed_poses_are_kept_only_on_the_same_instance(monkeypatch: pytest.Mon
     nudge = np.array([1.0, 0.0, 0.0])
 
     def zoom(swap: bool) -> Any:
-        def zoom_in(images: Any, labels: Any, K_det: Any, est: PoseEstimates) -> PoseEstimates:
+        def zoom_in(images: Any, labels: Any, K_det: Any, est: PoseEstimates, rows: Any) -> PoseEstimates:
             order = [1, 0] if swap else [0, 1]  # a crop that decodes the neighbour, or a refined pose
             return PoseEstimates(est.R[order], est.t[order] + nudge, est.detected, est.score)
 
