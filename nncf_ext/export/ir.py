@@ -188,6 +188,8 @@ def compress_weights(
         if op.get_type_name() == "Constant" and op.get_friendly_name().startswith(TORCH_CONST_PREFIX)
     }
     folded = [c for c in _weight_constants(model) if not c.get_friendly_name().startswith(TORCH_CONST_PREFIX)]
+    # as for other float constants (float_constants_to_fp16): none in fp16 before a FakeQuantize
+    upstream = _upstream_of_fake_quantize(model) if fp16_codebooks else set()
     stored: dict[str, str] = {}
     for name, storage in storages.items():
         if storage.kind == "float":
@@ -211,7 +213,8 @@ def compress_weights(
             source, scale = fits[0]
             folded.remove(source)
         if storage.kind == "codebook":
-            node, element_type = _codebook_subgraph(name, storage, fp16_codebooks, ndim)
+            fp16 = fp16_codebooks and source.get_friendly_name() not in upstream
+            node, element_type = _codebook_subgraph(name, storage, fp16, ndim)
         else:
             node, element_type = _int_subgraph(name, storage, _feeds_convolution(source), ndim)
         if scale is not None:

@@ -279,6 +279,21 @@ def test_fp16_reaches_only_constants_that_no_fake_quantize_follows(
     assert types["features.0.weight/scale"] == "f32"
     assert types["fc.weight/scale/fp16"] == "f16"
     assert not any(n.startswith("fc.") and t == "f32" for n, t in types.items())
+    # codebooks follow the same rule: the first convolution's stays f32, the classifier's goes to f16
+    entries = [
+        {"algorithm": "kmeans_quantization", "bits": 4},
+        {"algorithm": "uniform_quantization", "weights": {"bits": 8}, "activations": {},
+         "target_scope": {"names": ["features.3.weight"]}},
+    ]  # fmt: skip
+    model, _ = compressed(entries, example_input)
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "cb.xml", compress_to_fp16=True)
+    assert result.parity is not None and result.parity.max_rel < 1e-3
+    types = {
+        op.get_friendly_name(): op.get_output_element_type(0).get_type_name()
+        for op in ov.Core().read_model(result.xml_path).get_ops()
+        if op.get_type_name() == "Constant"
+    }
+    assert types["features.0.weight/codebook"] == "f32" and types["fc.weight/codebook"] == "f16"
 
 
 def test_a_stripped_model_with_activation_quantizers_exports_again(
