@@ -383,3 +383,28 @@ def test_dict_outputs_and_dict_inputs_export(tmp_path: Path) -> None:
     example = {"y": torch.randn(2, 3), "x": torch.randn(2, 4)}  # by name, not in signature order
     result = nncf_ext.export_openvino(DictIn(), example, tmp_path / "in.xml")
     assert result.parity is not None and result.parity.max_rel < 1e-5 and result.parity.inputs == 4
+
+
+def test_parity_uses_the_given_inputs_and_tolerance_and_a_re_export_leaves_two_files(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    model, _ = compressed(CASES["int8-acts"][0], example_input)
+    inputs = [example_input, example_input + 1.0, example_input * 2.0]
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml", inputs=inputs)
+    assert result.parity is not None and result.parity.inputs == 3
+    nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")  # over the first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+    with pytest.raises(ParityError):  # fp16 constants differ from torch by more than 1e-12
+        nncf_ext.export_openvino(
+            model, example_input, tmp_path / "t.xml", compress_to_fp16=True, tolerance=1e-12
+        )
+
+
+def test_a_model_exports_before_its_quantization_starts(tmp_path: Path, example_input: torch.Tensor) -> None:
+    """Quantizers that are not enabled yet are left out of the IR, which matches the float model."""
+    entries = [
+        {"algorithm": "uniform_quantization", "weights": {"bits": 4}, "activations": {}, "start_epoch": 2}
+    ]
+    model, _ = compressed(entries, example_input)
+    result = nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
+    assert result.parity is not None and result.parity.max_rel < 1e-5
