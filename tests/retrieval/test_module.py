@@ -151,3 +151,26 @@ def test_an_unknown_embedded_data_set_is_named_before_anything_is_generated(tmp_
     with pytest.raises(DataError, match="no embedded data set 'synth_pariss'"):
         RetrievalDataModule.embedded(train="synth_pariss", root=tmp_path)
     assert not any(tmp_path.iterdir())  # was a KeyError after generating all three
+
+
+def test_mining_runs_on_schedule_in_eval_mode(tiny_root: Path) -> None:
+    """Mining at fit start and every ``mine_every_n_epochs``; describing the pool leaves BatchNorm's
+    statistics and the training mode alone."""
+    dm, model = tiny_setup(tiny_root)
+    module = RetrievalModule(model, lr=1e-4, mine_every_n_epochs=2)
+    mined: list[tuple[int, torch.Tensor]] = []
+    original = module.mine
+
+    def counting() -> None:
+        original()
+        mined.append((module.current_epoch, dm.train_tuples.tuples.clone()))
+
+    module.mine = counting  # type: ignore[method-assign]
+    trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert [epoch for epoch, _ in mined] == [0, 2]
+    model.train()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert stats
+    module.pool_descriptors(dm.train_tuples)
+    assert model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
