@@ -263,3 +263,23 @@ def test_output_files_are_checked_when_parsed(tmp_path: Path, capsys: pytest.Cap
             example.main([*argv, "--data", str(tmp_path / "no_data")])
         assert exit_info.value.code == 2  # argparse's usage error, before any data is read
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_export_passes_the_parity_options_and_a_loaded_module_is_in_eval_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nncf_ext.export
+    from lightning_modules.tasks import load_compressed
+
+    base, _ = toy_base(tmp_path)
+    assert not load_compressed(base)[1].training  # BatchNorm in inference mode for stats / export
+    seen: dict[str, object] = {}
+
+    def fake_export(model: object, example: object, path: object, **kwargs: object) -> object:
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(nncf_ext.export, "export_openvino", fake_export)
+    with pytest.raises(SystemExit):
+        main(["export", str(base), "--output", str(tmp_path / "m.xml"), "--no-check", "--tolerance", "0.02"])
+    assert seen["check"] is False and seen["tolerance"] == 0.02
