@@ -325,6 +325,7 @@ def test_benchmark_fp32_baseline_has_no_fake_quantize(tmp_path: Path, example_in
     assert fake_quantizes("fp32.xml") == 0 < fake_quantizes("compressed.xml")
     # p90 is a nearest rank: with 2 or 5 calls it is the slowest, never the fastest
     assert _timing("x", 1, [3.0, 1.0], None).p90_ms == 3.0
+    assert _timing("x", 8, [2.0], None).throughput == 4000.0  # samples per second: 8 every 2 ms
     assert _timing("x", 1, [1.0, 2.0, 3.0, 4.0, 5.0], None).p90_ms == 5.0
     assert _timing("x", 1, [float(i) for i in range(1, 21)], None).p90_ms == 18.0
 
@@ -408,3 +409,8 @@ def test_a_model_exports_before_its_quantization_starts(tmp_path: Path, example_
     model, _ = compressed(entries, example_input)
     result = nncf_ext.export_openvino(model, example_input, tmp_path / "m.xml")
     assert result.parity is not None and result.parity.max_rel < 1e-5
+
+
+def test_a_missing_ir_is_an_export_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no such IR"):
+        OpenVINOModel(tmp_path / "missing.xml")

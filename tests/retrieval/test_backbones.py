@@ -64,3 +64,12 @@ def test_output_sizes() -> None:
     small = SmallFeatures(widths=(8, 16, 24))
     assert small(torch.randn(2, 3, 64, 64)).shape == (2, 24, 16, 16)
     assert [type(m).__name__ for m in small.features][:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+
+
+def test_a_state_dict_that_does_not_fit_is_a_model_error() -> None:
+
+    features = AlexNetFeatures()
+    state = {k: v.clone() for k, v in features.state_dict().items()}
+    del state["features.0.bias"]
+    with pytest.raises(ModelError, match=r"missing \['features\.0\.bias'\]"):
+        features.load_torchvision(state)

@@ -150,7 +150,19 @@ def test_ddp_ranks_mine_the_same_tuples_and_score_the_whole_set(tiny_root: Path,
 def test_an_unknown_embedded_data_set_is_named_before_anything_is_generated(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no embedded data set 'synth_pariss'"):
         RetrievalDataModule.embedded(train="synth_pariss", root=tmp_path)
+    with pytest.raises(DataError, match="no embedded data set 'synth_oxfrd'"):
+        RetrievalDataModule.embedded(test="synth_oxfrd", root=tmp_path)
     assert not any(tmp_path.iterdir())  # was a KeyError after generating all three
+
+
+def test_netvlad_and_whitening_start_from_the_training_pool(tiny_root: Path, tmp_path: Path) -> None:
+    """Initialisation never looks at the test set: its loader serves the training pool."""
+    other = tmp_path / "other"
+    generate_places(other, "tiny", seed=12, config=TINY)
+    dm = RetrievalDataModule(tiny_root, other, image_size=SIZE, batch_size=8, num_negatives=2)
+    served = torch.cat([images for images, _ in dm.init_dataloader()])
+    train_only = RetrievalDataModule(tiny_root, tiny_root, image_size=SIZE, batch_size=8, num_negatives=2)
+    assert torch.equal(served, torch.cat([images for images, _ in train_only.init_dataloader()]))
 
 
 def test_mining_runs_on_schedule_in_eval_mode(tiny_root: Path) -> None:
