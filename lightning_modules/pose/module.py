@@ -180,7 +180,7 @@ class PoseModule(pl.LightningModule):
         if not flat or self.hparams["zoom_size"] is None:
             return found
         rows = np.array([b for b, dets in enumerate(found) for _ in dets])
-        labels = torch.tensor([d.label for d in flat])
+        labels = torch.tensor([d.label for d in flat], device=images.device)
         first = PoseEstimates(
             np.stack([d.R for d in flat]),
             np.stack([d.t for d in flat]),
@@ -189,7 +189,7 @@ class PoseModule(pl.LightningModule):
         )
         K_det = K.detach().cpu()[torch.from_numpy(rows)]
         est = self._zoom_in(images, labels, K_det, copy.deepcopy(first), rows)
-        kp = self.keypoints_3d.cpu().numpy()[labels.numpy()]
+        kp = self.keypoints_3d.cpu().numpy()[labels.cpu().numpy()]
         K_np = np.asarray(K_det, dtype=np.float64)
         sizes, before = projected_extent(kp, first.R, first.t, K_np)
         _, after = projected_extent(kp, est.R, est.t, K_np)
