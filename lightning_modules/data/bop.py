@@ -404,25 +404,17 @@ class BopEvalDataset(_BopDataset):
         return out
 
 
-class BopImageEvalDataset(_BopDataset):
+class BopImageEvalDataset(BopEvalDataset):
     """One item per image with all its ground-truth instances, for data sets with several instances of an
     object in one image (T-LESS, IC-BIN): score with ``PoseModule.score_images``, which decodes every
-    instance and matches them as BOP does (``metrics.pose.match_poses``).
+    instance and matches them as BOP does (``metrics.pose.match_poses``). Arguments as ``BopEvalDataset``.
 
     Use ``collate_fn=BopImageEvalDataset.collate``: images and K are stacked per image (B), the instances'
     fields are concatenated (M) with ``image_index`` (M,) naming each one's image in the batch.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "test",
-        obj_ids: Sequence[int] | None = None,
-        image_size: tuple[int, int] | None = None,
-        min_visib_fract: float = 0.0,
-        keypoints: str = "bbox",
-    ) -> None:
-        super().__init__(root, split, obj_ids, image_size, min_visib_fract, keypoints)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         images: dict[tuple[Path, int], list[Annotation]] = {}
         for ann in self.annotations:
             images.setdefault((ann.scene_dir, ann.im_id), []).append(ann)

@@ -240,16 +240,22 @@ class _SceneWriter:
         uv = rng.uniform(margin * s, (1 - margin) * s, 2)
         return depth * np.linalg.solve(self.K, np.array([uv[0], uv[1], 1.0]))
 
-    def sample(self, rng: np.random.Generator) -> _Sample:
-        """Render one image; returns rgb uint8, masks, the object's pose and the camera."""
+    def _pose(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+        """A random object pose R, t (rotation from the configured viewpoints, depth, image position) and
+        its depth."""
         cfg = self.cfg
-        obj_id = int(rng.integers(1, len(self.models) + 1))
         if cfg.viewpoints == "sphere":
             R = random_rotation(rng)
         else:
             R = upright_rotation(rng, cfg.elevation_range, cfg.max_roll)
         z = float(rng.uniform(*cfg.depth_range))
-        t = self._place(rng, z, 0.15)
+        return R, self._place(rng, z, 0.15), z
+
+    def sample(self, rng: np.random.Generator) -> _Sample:
+        """Render one image; returns rgb uint8, masks, the object's pose and the camera."""
+        cfg = self.cfg
+        obj_id = int(rng.integers(1, len(self.models) + 1))
+        R, t, z = self._pose(rng)
         light = _light(rng)
         bg = background(cfg.image_size, rng)
         behind = [
@@ -283,12 +289,7 @@ class _SceneWriter:
         poses: list[tuple[int, np.ndarray, np.ndarray]] = []
         placed: list[tuple[np.ndarray, float]] = []  # projected centre and radius (px) of each instance
         for _ in range(1000 * cfg.instances):
-            if cfg.viewpoints == "sphere":
-                R = random_rotation(rng)
-            else:
-                R = upright_rotation(rng, cfg.elevation_range, cfg.max_roll)
-            z = float(rng.uniform(*cfg.depth_range))
-            t = self._place(rng, z, 0.15)
+            R, t, z = self._pose(rng)
             uv, radius = self.K[:2] @ (t / z), self.diameters[obj_id] / 2 * cfg.focal / z
             if all(np.linalg.norm(uv - c) >= max(radius, r) for c, r in placed):
                 poses.append((obj_id, R, t))
