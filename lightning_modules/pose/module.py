@@ -162,19 +162,14 @@ class PoseModule(pl.LightningModule):
         class. At most ``max_detections`` instances of a class are solved per image.
         """
         logits, offsets = self(images)
-        centres, strides = self._cells(images)
         found = decode_instances(
             logits,
             offsets,
             K,
-            self.keypoints_3d.cpu().numpy(),
-            centres,
-            strides,
-            min_score=self.hparams["min_score"],
-            top_k=self.hparams["top_k"],
-            aggregation=self.hparams["aggregation"],
+            *self._decoding_inputs(images),
             radius=self.hparams["instance_radius"],
             max_instances=self.hparams["max_detections"],
+            **self._decoding_options(),
         )
         flat = [d for dets in found for d in dets]
         if not flat or self.hparams["zoom_size"] is None:
@@ -228,19 +223,16 @@ class PoseModule(pl.LightningModule):
 
     def _decode(self, images: torch.Tensor, labels: torch.Tensor, K: torch.Tensor) -> PoseEstimates:
         logits, offsets = self(images)
-        centres, strides = self._cells(images)
         return decode_poses(
-            logits,
-            offsets,
-            labels,
-            K,
-            self.keypoints_3d.cpu().numpy(),
-            centres,
-            strides,
-            min_score=self.hparams["min_score"],
-            top_k=self.hparams["top_k"],
-            aggregation=self.hparams["aggregation"],
+            logits, offsets, labels, K, *self._decoding_inputs(images), **self._decoding_options()
         )
+
+    def _decoding_inputs(self, images: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Class keypoints (C, 9, 3), cell centres and strides: what both decoders take beside the outputs."""
+        return (self.keypoints_3d.cpu().numpy(), *self._cells(images))
+
+    def _decoding_options(self) -> dict[str, Any]:
+        return {k: self.hparams[k] for k in ("min_score", "top_k", "aggregation")}
 
     def score_batch(self, metric: PoseAccuracy, batch: dict[str, Any]) -> None:
         """Predict the poses of an evaluation batch (``BopEvalDataset.collate``) and update ``metric``."""
