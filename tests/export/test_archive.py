@@ -155,7 +155,8 @@ def test_archive_gets_the_mode_the_umask_allows(tmp_path: Path, example_input: t
     assert stat.S_IMODE((tmp_path / "m.dca").stat().st_mode) == 0o640
 
 
-def test_truncated_or_extended_archive_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+def sparse_clustered_wide() -> Wide:
+    """A 256 -> 64 layer pruned and clustered to 5 bits: stored as CSR with Huffman-coded values."""
     torch.manual_seed(0)
     model = Wide(256, 64)
     entries = [
@@ -163,6 +164,11 @@ def test_truncated_or_extended_archive_is_refused_naming_the_tensor(tmp_path: Pa
         {"algorithm": "kmeans_quantization", "bits": 5},
     ]
     nncf_ext.create_compression(model, {"compression": entries}, torch.randn(1, 256))
+    return model
+
+
+def test_truncated_or_extended_archive_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    model = sparse_clustered_wide()
     info = nncf_ext.save_archive(model, tmp_path / "m.dca")
     assert info.layers["fc.weight"]["layout"]["format"] == "csr"
     data = (tmp_path / "m.dca").read_bytes()
@@ -336,13 +342,7 @@ def test_bad_paths_and_headers_are_named(tmp_path: Path, example_input: torch.Te
 
 
 def test_a_corrupt_code_table_or_a_negative_offset_is_refused(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = Wide(256, 64)
-    entries = [
-        {"algorithm": "threshold_pruning", "threshold": 0.025},
-        {"algorithm": "kmeans_quantization", "bits": 5},
-    ]
-    nncf_ext.create_compression(model, {"compression": entries}, torch.randn(1, 256))
+    model = sparse_clustered_wide()
     nncf_ext.save_archive(model, tmp_path / "m.dca")
     data = bytearray((tmp_path / "m.dca").read_bytes())
     start = len(MAGIC) + 8
