@@ -6,8 +6,6 @@ name and hyper-parameters to rebuild the network, NNCF's hook config and the sta
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from torch import nn
 
 import nncf_ext
 from nncf_ext.errors import CheckpointError, ConfigError
+from nncf_ext.files import atomic_file
 
 FORMAT = "nncf-ext/compressed-model/1"
 
@@ -130,15 +129,8 @@ def save_compressed(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -16,9 +16,7 @@ is read too), then the blobs it points to.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
 
 from nncf_ext.errors import CheckpointError, ExportError
+from nncf_ext.files import atomic_file
 from nncf_ext.hooks import weight_hooks
 from nncf_ext.huffman import BLOCK, MAX_LENGTH, Encoded, decode, encode
 from nncf_ext.model import get_weight
@@ -226,24 +225,12 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
     if path.is_dir():
         raise ExportError(f"cannot write the archive {path}: it is a directory")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise ExportError(f"cannot write the archive {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(header)) + header)
             for part in blobs.parts:
                 f.write(part)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; an archive is an ordinary file
-        os.replace(tmp, path)
     except OSError as e:
         raise ExportError(f"cannot write the archive {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     layers = {
         t["name"]: {"layout": t["layout"], "values": t["values"]["kind"]} for t in tensors if "layout" in t
     }
