@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nncf_ext.errors import CheckpointError
+from nncf_ext.files import atomic_file
 from nncf_ext.model import eval_mode, frozen_state, get_weight
 from nncf_ext.quantizers import init_weight_range, make_weight_quantizer
 from nncf_ext.scopes import WeightInfo
@@ -58,8 +59,10 @@ class SensitivityTable:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write the table atomically: an interrupted save leaves the previous cache, not half of one."""
+        text = json.dumps(self.to_dict(), indent=2)
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
 
     @classmethod
     def load(cls, path: str | Path) -> SensitivityTable:

@@ -7,6 +7,7 @@ import torch
 from nncf_ext.model import get_weight, model_weights
 from nncf_ext.mqat import (
     ModuleSpec,
+    SensitivityTable,
     hessian_sensitivity,
     hessian_traces,
     measure_sensitivity,
@@ -207,3 +208,23 @@ def test_sensitivity_quantizes_in_the_given_weight_format_and_records_it(tmp_pat
     measure_sensitivity(model, modules, BITS, lambda: 0.0, per_channel=False, cache=tmp_path / "s.json")
     with pytest.raises(ZeroDivisionError):
         measure_sensitivity(model, modules, BITS, lambda: 1 / 0, cache=tmp_path / "s.json")
+
+
+def test_an_interrupted_save_leaves_the_previous_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache cut short (a full disk) would be refused on every later load; the previous one stays."""
+    path = tmp_path / "sensitivity.json"
+    SensitivityTable("metric", 1.0, {"head": {4: 0.5, 8: 0.0}}).save(path)
+    write_text = Path.write_text
+
+    def disk_full(self: Path, text: str) -> int:
+        write_text(self, text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        SensitivityTable("metric", 1.0, {"head": {4: 0.7, 8: 0.1}}).save(path)
+    monkeypatch.undo()
+    assert SensitivityTable.load(path).costs == {"head": {4: 0.5, 8: 0.0}}
+    assert [p.name for p in tmp_path.iterdir()] == ["sensitivity.json"]
