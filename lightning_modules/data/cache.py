@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from nncf_ext.files import current_umask
+
 
 def data_root() -> Path:
     return Path(os.environ.get("NNCF_EXT_DATA") or "data").expanduser().resolve()
@@ -47,9 +49,7 @@ def publishing(target: Path, complete: Callable[[Path], bool]) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700, which would hide a shared cache from others
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700, which would hide a shared cache
         with _locked(target):
             if complete(target):
                 return
