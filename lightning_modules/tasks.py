@@ -6,7 +6,7 @@ name and hyper-parameters to rebuild the network, NNCF's hook config and the sta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ class Task:
 
     name: str
     module: Callable[..., pl.LightningModule]
-    datamodule: Callable[..., pl.LightningDataModule]  # (data: str | None, batch_size: int | None, seed: int)
+    # (data: str | None, batch_size: int | None, seed: int, hparams: the module's, for the data it needs)
+    datamodule: Callable[..., pl.LightningDataModule]
     description: str
 
 
@@ -39,7 +40,10 @@ def _toy_module(**hparams: Any) -> pl.LightningModule:
 
 
 def _toy_data(
-    data: str | None = None, batch_size: int | None = None, seed: int = 0
+    data: str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    hparams: Mapping[str, Any] | None = None,
 ) -> pl.LightningDataModule:
     from lightning_modules.toy.module import ToyDataModule
 
@@ -76,12 +80,22 @@ def _retrieval_module(
 
 
 def _retrieval_data(
-    data: str | None = None, batch_size: int | None = None, seed: int = 0
+    data: str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    hparams: Mapping[str, Any] | None = None,
 ) -> pl.LightningDataModule:
-    """``--data TRAIN,TEST`` (revisited-format directories); default: embedded synth_paris -> synth_oxford."""
+    """``--data TRAIN,TEST`` (revisited-format directories); default: embedded synth_paris -> synth_oxford.
+    Images are resized to the module's ``image_size`` (``hparams``; 64 by default)."""
     from lightning_modules.retrieval.datamodule import RetrievalDataModule
 
-    options: dict[str, Any] = {"batch_size": batch_size or 16, "seed": seed, "num_negatives": 3}
+    image_size = int((hparams or {}).get("image_size", 64))
+    options: dict[str, Any] = {
+        "batch_size": batch_size or 16,
+        "seed": seed,
+        "num_negatives": 3,
+        "image_size": image_size,
+    }
     if data is None:
         return RetrievalDataModule.embedded(**options)
     parts = data.split(",")

@@ -102,7 +102,7 @@ def _compress(args: argparse.Namespace) -> int:
         logger=pl.loggers.CSVLogger(str(out), name="logs"),
         enable_model_summary=False,
     )
-    datamodule = task.datamodule(args.data, args.batch_size, args.seed)
+    datamodule = task.datamodule(args.data, args.batch_size, args.seed, dict(module.hparams))
     trainer.fit(module, datamodule, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:
         path = save_compressed(out / "compressed.pt", task.name, module, callback.config)
