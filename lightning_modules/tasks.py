@@ -166,10 +166,10 @@ def load_compressed(path: str | Path) -> tuple[str, pl.LightningModule, dict[str
             f"{path}: the stored settings do not build a '{task.name}' model: {e}"
         ) from None
     model = network(module)
-    nncf_ext.load_from_config(model, payload["nncf_config"])
     try:
+        nncf_ext.load_from_config(model, payload["nncf_config"])
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as e:  # keys or shapes that the settings do not build
+    except (CheckpointError, RuntimeError) as e:  # hooks, keys or shapes that the settings do not build
         raise CheckpointError(f"{path}: the weights do not fit the model of its settings: {e}") from None
     module.eval()
     return task.name, module, payload

@@ -17,9 +17,11 @@ from typing import Any, TypeVar
 
 import nncf
 import nncf.torch
+from nncf.torch.function_hook.hook_storage import decode_hook_name
+from nncf.torch.function_hook.wrapper import is_wrapped
 from torch import nn
 
-from nncf_ext.errors import CheckpointError
+from nncf_ext.errors import CheckpointError, ModelError
 from nncf_ext.model import check_wrappable, wrapping_transaction
 
 ALLOWED_MODULES = ("nncf.*", "nncf_ext.*")
@@ -47,7 +49,36 @@ def _tuples(value: Any) -> Any:
 
 def get_config(model: nn.Module) -> dict[str, Any]:
     """A JSON-able description of every hook module of ``model`` (NNCF's and nncf-ext's)."""
+    if not isinstance(model, nn.Module) or not is_wrapped(model):
+        raise ModelError(
+            f"get_config: the {type(model).__name__} carries no compression hooks "
+            "(call create_compression first)"
+        )
     return _plain(nncf.torch.get_config(model))
+
+
+def _check_fit(model: nn.Module, commands: list[dict[str, Any]]) -> None:
+    """Every hook on a weight names a weight of ``model``, of the shape the hook was made for."""
+    tensors = {n: tuple(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    for i, command in enumerate(commands):
+        for hook_name in command["hook_names_in_model"]:
+            try:
+                hook_type, op_name, _ = decode_hook_name(str(hook_name))
+            except Exception as e:  # NNCF's parser: a malformed name
+                raise CheckpointError(f"compression_state[{i}]: malformed hook name {hook_name!r}") from e
+            if hook_type != "post_hooks" or "/" in op_name:
+                continue  # a hook on an operation's input or output (activations): NNCF places it
+            if op_name not in tensors:
+                raise CheckpointError(
+                    f"compression_state[{i}]: a {command['module_cls_name']} hook is on '{op_name}', "
+                    f"which the {type(model).__name__} does not have"
+                )
+            shape = command["module_config"].get("shape")
+            if shape is not None and tuple(shape) != tensors[op_name]:
+                raise CheckpointError(
+                    f"compression_state[{i}]: the {command['module_cls_name']} hook on '{op_name}' was made "
+                    f"for shape {tuple(shape)}, the {type(model).__name__} has {tensors[op_name]}"
+                )
 
 
 def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
@@ -61,6 +92,7 @@ def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
         if not isinstance(command, dict) or not keys <= set(command):
             raise CheckpointError(f"compression_state[{i}] is malformed (needs {sorted(keys)}): {command!r}")
         commands.append({**command, "module_config": _tuples(command["module_config"])})
+    _check_fit(model, commands)
     try:
         # NNCF adds the hooks one command at a time: a failing command must not leave the earlier ones
         with wrapping_transaction(model):

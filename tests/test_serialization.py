@@ -124,3 +124,36 @@ def test_pipeline_state_round_trip(example_input: torch.Tensor) -> None:
     with pytest.raises(CheckpointError, match=r"compression\[1\]"):
         restored.load_state_dict({**broken, "epoch": 5})
     assert restored.state_dict() == before
+
+
+@pytest.mark.parametrize("change", ["kernel 5", "no conv", "renamed"])
+def test_a_config_of_another_network_is_refused_before_wrapping(
+    change: str, example_input: torch.Tensor
+) -> None:
+    """Hooks made for other weights used to be attached anyway: the model failed later, inside torch, or kept
+    hooks on weights it does not have."""
+    from nncf.torch.function_hook.wrapper import is_wrapped
+
+    model, _ = compressed(example_input)
+    config = nncf_ext.get_config(model)
+    other = TinyNet()
+    if change == "kernel 5":
+        other.features[0] = torch.nn.Conv2d(3, 8, 5)
+        match = r"'features\.0\.weight' was made for shape \(8, 3, 3, 3\), the TinyNet has \(8, 3, 5, 5\)"
+    elif change == "no conv":
+        other.features[3] = torch.nn.Identity()
+        match = r"hook is on 'features\.3\.weight', which the TinyNet does not have"
+    else:
+        other.head, other.fc = other.fc, torch.nn.Identity()
+        match = r"'fc\.weight', which the TinyNet does not have"
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(CheckpointError, match=match):
+        nncf_ext.load_from_config(other, config)
+    assert not is_wrapped(other) and other.state_dict().keys() == before.keys()
+
+
+def test_get_config_of_an_uncompressed_model_says_so() -> None:
+    from nncf_ext.errors import ModelError
+
+    with pytest.raises(ModelError, match="TinyNet carries no compression hooks"):
+        nncf_ext.get_config(TinyNet())
