@@ -72,8 +72,10 @@ class SensitivityTable:
             weights = {m: [str(w) for w in ws] for m, ws in raw.get("weights", {}).items()}
             settings = {str(k): _setting(v) for k, v in raw.get("settings", {}).items()}
             return cls(str(raw["method"]), float(raw["baseline"]), costs, weights, settings)
-        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read the sensitivity table {path}: {e}") from None
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:  # AttributeError: a list
+            raise CheckpointError(
+                f"cannot read the sensitivity table {path}: {type(e).__name__}: {e}"
+            ) from None
 
     def matches(
         self,

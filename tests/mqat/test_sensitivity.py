@@ -228,3 +228,26 @@ def test_an_interrupted_save_leaves_the_previous_table(
     monkeypatch.undo()
     assert SensitivityTable.load(path).costs == {"head": {4: 0.5, 8: 0.0}}
     assert [p.name for p in tmp_path.iterdir()] == ["sensitivity.json"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"method": "metric", "baseline": 1, "costs": {"head": [0.1, 0.2]}}',
+        '{"method": "metric", "baseline": 1, "costs": [["head", 0.1]]}',
+        '{"method": "metric", "baseline": 1, "costs": {"head": {"4": 0.1}}, "weights": ["head.weight"]}',
+        '{"method": "metric", "baseline": 1, "costs": {"head": {"4": 0.1}}, "settings": []}',
+        '{"method": "metric", "costs": {"head": {"4": 0.1}}}',
+        '{"method": "metric", "baseline": 1, "costs": {"head": {"four": 0.1}}}',
+        '{"method": "metric", "baseline": 1, "costs": {',
+    ],
+)
+def test_a_malformed_table_is_named(raw: str, tmp_path: Path) -> None:
+    """A table edited by hand, or another program's JSON: a list where an object belongs came through as a raw
+    AttributeError."""
+    from nncf_ext.errors import CheckpointError
+
+    path = tmp_path / "sensitivity.json"
+    path.write_text(raw)
+    with pytest.raises(CheckpointError, match=f"cannot read the sensitivity table {path}"):
+        SensitivityTable.load(path)
