@@ -58,9 +58,14 @@ class RetrievalNet(nn.Module):
         """Initialise NetVLAD (k-means of local descriptors) then whitening (PCA of VLAD vectors) from data.
 
         ``batches`` is re-iterable (a DataLoader, a list) of image tensors or of tuples that start with one.
-        Runs in eval mode and restores the previous mode.
+        Runs in eval mode and restores the previous mode; on an error NetVLAD keeps its previous state.
         """
+        if iter(batches) is batches:  # a generator would be empty on the second (whitening) pass
+            raise ModelError(
+                "RetrievalNet.init_from_images: batches must be re-iterable (a DataLoader, a list)"
+            )
         was_training = self.training
+        previous = {k: v.clone() for k, v in self.netvlad.state_dict().items()}
         self.eval()
         g = torch.Generator().manual_seed(seed)
         try:
@@ -70,13 +75,22 @@ class RetrievalNet(nn.Module):
                 feats = self.backbone(images.to(device)).flatten(2).transpose(1, 2)  # (N, HW, D)
                 keep = torch.rand(feats.shape[:2], generator=g).argsort(1)[:, :locals_per_image]
                 local.append(feats.gather(1, keep[..., None].expand(-1, -1, feats.shape[2]).to(feats.device)))
-            if not local:
+            count, dims = sum(len(x) for x in local), self.whitening.out_features
+            if not count:
                 raise ModelError("RetrievalNet.init_from_images: no images were given")
+            if count <= dims:  # checked before NetVLAD changes
+                raise ModelError(
+                    f"RetrievalNet.init_from_images: whitening to {dims} dims needs more than {dims} images, "
+                    f"got {count}"
+                )
             self.netvlad.init_from_descriptors(
                 torch.cat(local).flatten(0, 1), max_samples=max_locals, seed=seed
             )
             vlad = torch.cat([self.vlad(images.to(device)) for images in _images(batches)])
             self.whitening.init_from_descriptors(vlad)
+        except BaseException:
+            self.netvlad.load_state_dict(previous)
+            raise
         finally:
             self.train(was_training)
 

@@ -53,3 +53,29 @@ def test_bad_arguments_are_named() -> None:
         build_retrieval_net("small", widths=(8,), num_clusters=0)  # 0 is not "the default"
     with pytest.raises(ModelError, match=r"out_features must be in \[1, in_features=16\], got 32"):
         build_retrieval_net("small", widths=(8,), num_clusters=2, whitening_dim=32)
+
+
+def test_a_failed_init_from_images_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NetVLAD used to be overwritten before the whitening step failed (too few images, a one-shot iterator
+    whose second pass is empty, any later error)."""
+    torch.manual_seed(0)
+    model = build_retrieval_net("small", widths=(8, 8), num_clusters=4, whitening_dim=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def unchanged() -> bool:
+        return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    with pytest.raises(ModelError, match="whitening to 16 dims needs more than 16 images, got 2"):
+        model.init_from_images([torch.randn(2, 3, 8, 8)])
+    assert unchanged()
+    with pytest.raises(ModelError, match="batches must be re-iterable"):
+        model.init_from_images(torch.randn(20, 3, 16, 16) for _ in range(2))
+    assert unchanged()
+
+    def fails(descriptors: torch.Tensor) -> None:
+        raise ModelError("whitening failed")
+
+    monkeypatch.setattr(model.whitening, "init_from_descriptors", fails)
+    with pytest.raises(ModelError, match="whitening failed"):
+        model.init_from_images([torch.randn(20, 3, 16, 16)])
+    assert unchanged() and model.training
