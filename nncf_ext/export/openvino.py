@@ -7,6 +7,7 @@ compared with the torch model (``parity.py``), and only then moved into place.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -49,14 +50,41 @@ def exact_config(precision: str = "f32") -> dict[str, Any]:
     return {"INFERENCE_PRECISION_HINT": precision, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 
 
+PRECISIONS = ("f32", "f16", "bf16")
+
+
 def _target(path: str | Path) -> Path:
+    """The .xml path for ``path``, checked; nothing is created."""
     xml = Path(path)
+    if not xml.name or xml.name in (".", ".."):
+        raise ExportError(f"give the path of the .xml file to write, not {str(path)!r}")
     if xml.suffix != ".xml":  # "resnet50.int8" -> "resnet50.int8.xml", not "resnet50.xml"
         xml = xml.with_name(xml.name + ".xml")
     if xml.is_dir():
         raise ExportError(f"{xml} is a directory; give the path of the .xml file to write")
     if xml.with_suffix(".bin").is_dir():
         raise ExportError(f"{xml.with_suffix('.bin')} is a directory; the weights of {xml.name} go there")
+    return xml
+
+
+def _check_options(tolerance: float, inputs: Any, device: str, precision: str | None, check: bool) -> None:
+    if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
+        raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if inputs is not None and (not isinstance(inputs, (list, tuple)) or not inputs):
+        raise ExportError(f"inputs must be a non-empty list of model inputs, got {type(inputs).__name__}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {list(PRECISIONS)} or None, got {precision!r}")
+    if check:
+        available = ov.Core().available_devices
+        if device.split(".")[0] not in {d.split(".")[0] for d in available} | {"AUTO", "HETERO", "MULTI"}:
+            raise ExportError(
+                f"device {device!r} is not available for the parity check; available: {available}"
+            )
+
+
+def _make_directory(xml: Path) -> list[Path]:
+    """Create the directory of ``xml`` and check it is writable; returns the directories it created."""
+    created = [d for d in [xml.parent, *xml.parent.parents] if not d.exists()]
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -66,7 +94,7 @@ def _target(path: str | Path) -> Path:
             pass
     except OSError as e:
         raise ExportError(f"the directory {xml.parent} is not writable: {e.strerror}") from None
-    return xml
+    return created
 
 
 def _move_into_place(tmp_xml: Path, xml: Path) -> None:
@@ -141,8 +169,11 @@ def export_openvino(
         IR (``nncf_ext.export.evaluate``) measure the deployed numerics. None keeps the device defaults.
     """
     xml = _target(path)
-    ov_model, weights = convert(model, example_input, fp16=compress_to_fp16)
+    _check_options(tolerance, inputs, device, precision, check)
+    ov_model, weights = convert(model, example_input, fp16=compress_to_fp16)  # checks the model and input
+    created = _make_directory(xml)
     tmp = Path(tempfile.mkdtemp(dir=xml.parent, prefix=f".{xml.stem}.export-"))
+    written = False
     try:
         tmp_xml = tmp / xml.name
         ov.save_model(ov_model, tmp_xml, compress_to_fp16=compress_to_fp16)
@@ -152,7 +183,13 @@ def export_openvino(
             compiled = ov.Core().compile_model(str(tmp_xml), device, config)
             report = check_parity(model, compiled, inputs or parity_inputs(example_input), tolerance)
         _move_into_place(tmp_xml, xml)
+        written = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for directory in [] if written else created:  # deepest first; one that holds something stays
+            try:
+                directory.rmdir()
+            except OSError:
+                break
     bin_path = xml.with_suffix(".bin")
     return ExportResult(xml, bin_path, bin_path.stat().st_size, weights, report)

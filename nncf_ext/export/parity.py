@@ -99,13 +99,20 @@ def check_parity(
     per_output: list[dict[str, float]] = []
     with frozen_state(model):
         for j, x in enumerate(inputs):
-            expected = _flatten(run_model(model, x))
-            got = [np.asarray(v) for v in compiled(to_numpy_inputs(x)).values()]
+            try:
+                expected = _flatten(run_model(model, x))
+                got = [np.asarray(v) for v in compiled(to_numpy_inputs(x)).values()]
+            except Exception as e:  # an input of another shape or type than the IR was made for
+                raise ParityError(f"parity input {j} cannot be run: {type(e).__name__}: {e}") from e
             if len(got) != len(expected):
                 raise ParityError(f"the IR has {len(got)} outputs, the torch model {len(expected)}")
             for i, (e, g) in enumerate(zip(expected, got, strict=True)):
                 if e.shape != g.shape:
                     raise ParityError(f"output {i}: IR shape {g.shape} != torch shape {e.shape}")
+                if e.size == 0:
+                    raise ParityError(
+                        f"parity input {j}: output {i} is empty (an empty batch?): nothing to compare"
+                    )
                 abs_err = float(np.max(np.abs(e.astype(np.float64) - g)))
                 rel_err = abs_err / max(float(np.max(np.abs(e))), 1e-12)
                 per_output.append({"input": j, "output": i, "max_abs": abs_err, "max_rel": rel_err})

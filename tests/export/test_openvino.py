@@ -414,3 +414,36 @@ def test_a_model_exports_before_its_quantization_starts(tmp_path: Path, example_
 def test_a_missing_ir_is_an_export_error(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no such IR"):
         OpenVINOModel(tmp_path / "missing.xml")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"tolerance": float("nan")}, ExportError, "tolerance must be a finite number >= 0, got nan"),
+        ({"tolerance": -1.0}, ExportError, "tolerance must be a finite number >= 0"),
+        ({"device": "TPU"}, ExportError, r"device 'TPU' is not available .*\['CPU'"),
+        ({"precision": "f7"}, ExportError, r"precision must be one of \['f32', 'f16', 'bf16'\] or None"),
+        ({"inputs": "tensor"}, ExportError, "inputs must be a non-empty list of model inputs, got Tensor"),
+        ({"inputs": [torch.randn(1, 5, 12, 12)]}, ParityError, "parity input 0 cannot be run"),
+        ({"example": torch.randn(1, 5, 12, 12)}, ModelError, "rejects the example input"),
+        ({"example": torch.randn(0, 3, 12, 12)}, ParityError, "parity input 0: output 0 is empty"),
+        ({"path": ""}, ExportError, "give the path of the .xml file to write, not ''"),
+    ],
+)
+def test_bad_export_options_are_named_and_write_nothing(
+    options: dict[str, object],
+    error: type[Exception],
+    match: str,
+    tmp_path: Path,
+    example_input: torch.Tensor,
+) -> None:
+    """Each came through raw (OpenVINO's RuntimeError, numpy's ValueError), or as a misleading parity failure
+    (a NaN tolerance), and a rejected input left the output directories behind."""
+    model, _ = compressed([PRUNE], example_input)
+    example = options.pop("example", example_input)
+    if options.get("inputs") == "tensor":
+        options["inputs"] = example_input
+    path = options.pop("path", tmp_path / "out" / "sub" / "m.xml")
+    with pytest.raises(error, match=match):
+        nncf_ext.export_openvino(model, example, path, **options)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
