@@ -40,6 +40,8 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _posed(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    if points.ndim != 2 or points.shape[1] != 3 or not len(points):
+        raise ValueError(f"model points must be (P, 3) with P >= 1, got shape {points.shape}")
     return points @ R.T + t.reshape(1, 3)
 
 
@@ -58,6 +60,8 @@ def adds_error(
     """ADD-S of one pose: mean over ground-truth-posed points of the distance to the nearest estimated one."""
     pts = _np(points)
     est, gt = _posed(pts, _np(R_est), _np(t_est)), _posed(pts, _np(R_gt), _np(t_gt))
+    if not np.isfinite(est).all():  # a failed estimate: NaN, a failure, as ADD gives it
+        return float("nan")
     dists, _ = cKDTree(est).query(gt, k=1)
     return float(np.mean(dists))
 
@@ -82,6 +86,8 @@ def pose_errors(
     t_e, t_g = t_e.reshape(b, 3), t_g.reshape(b, 3)
     if isinstance(points, (np.ndarray, torch.Tensor)) and np.ndim(points) == 3:
         pts = _np(points)
+        if pts.shape[0] != b or pts.shape[2] != 3 or not pts.shape[1]:
+            raise ValueError(f"model points must be (B, P, 3) with B={b} and P >= 1, got shape {pts.shape}")
         est = np.einsum("bij,bpj->bpi", R_e, pts) + t_e[:, None]
         gt = np.einsum("bij,bpj->bpi", R_g, pts) + t_g[:, None]
         errors = np.linalg.norm(est - gt, axis=2).mean(1)

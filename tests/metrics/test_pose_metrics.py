@@ -288,3 +288,27 @@ def test_metric_takes_errors_computed_by_the_caller() -> None:
         )
     with pytest.raises(ValueError, match="estimated poses, or the errors"):
         metric.update(None, None, np.stack([np.eye(3)] * 3), t, np.stack([UNIT] * 3), [10.0] * 3, [0] * 3)
+
+
+def test_a_non_finite_estimate_is_a_failure_for_symmetric_objects_too() -> None:
+    """ADD gives NaN (a failure); ADD-S raised scipy's "data must be finite", so a diverged estimate crashed
+    evaluation only where an object is symmetric."""
+    R = np.stack([np.eye(3)] * 2)
+    t_gt = np.array([[0.0, 0.0, 500.0]] * 2)
+    t_est = t_gt.copy()
+    t_est[:, 2] = np.nan
+    errors = pose_errors(R, t_est, R, t_gt, np.stack([cylinder_points()] * 2), [False, True])
+    assert np.isnan(errors).all()
+    acc = pose_accuracy(errors, [150.0, 150.0], [500.0, 500.0])
+    assert acc["add_0.1d"] == 0.0 and acc["count"] == 2.0
+
+
+@pytest.mark.parametrize("points", [np.zeros((0, 3)), np.zeros((4, 2))])
+def test_model_points_of_the_wrong_shape_are_named(points: np.ndarray) -> None:
+    """No points gave a NaN error silently (every pose a failure); two coordinates, numpy's broadcast error."""
+    with pytest.raises(ValueError, match=r"model points must be \(P, 3\) with P >= 1"):
+        add_error(UNIT, np.zeros(3), UNIT, np.zeros(3), points)
+    with pytest.raises(ValueError, match=r"model points must be \(P, 3\) with P >= 1"):
+        adds_error(UNIT, np.zeros(3), UNIT, np.zeros(3), points)
+    with pytest.raises(ValueError, match=r"model points must be \(B, P, 3\) with B=1"):
+        pose_errors(UNIT[None], np.zeros((1, 3)), UNIT[None], np.zeros((1, 3)), points[None], [False])
