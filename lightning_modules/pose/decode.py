@@ -11,7 +11,31 @@ import numpy as np
 import torch
 
 Aggregation = Literal["mean", "median", "ransac"]
+AGGREGATIONS = ("mean", "median", "ransac")
 MIN_KEYPOINT_EXTENT = 1.0  # px: keypoints spanning less than this give no pose
+
+
+def check_decoding_options(min_score: float, top_k: int, aggregation: str) -> None:
+    """The options both decoders take (and ``PoseModule`` checks when it is built)."""
+    if not 0 <= min_score <= 1:
+        raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+
+
+def check_decoding_inputs(
+    logits: torch.Tensor, K: torch.Tensor | np.ndarray, keypoints_3d: np.ndarray
+) -> np.ndarray:
+    """``K`` as float64 (B, 3, 3), checked against the logits (B, N, C) and ``keypoints_3d`` (C, 9, 3)."""
+    b, _, classes = logits.shape
+    K_np = np.asarray(K.detach().cpu() if isinstance(K, torch.Tensor) else K, dtype=np.float64)
+    if K_np.shape != (b, 3, 3):
+        raise ValueError(f"K must have shape (B, 3, 3) for B={b} images, got {K_np.shape}")
+    if np.shape(keypoints_3d) != (classes, 9, 3):
+        raise ValueError(f"keypoints_3d must have shape ({classes}, 9, 3), got {np.shape(keypoints_3d)}")
+    return K_np
 
 
 @dataclass
@@ -88,7 +112,7 @@ def solve_pose(
         elif aggregation == "median":
             pts2 = weighted_median(votes, weights)
         else:
-            raise ValueError(f"aggregation must be 'mean', 'median' or 'ransac', got {aggregation!r}")
+            raise ValueError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         ok, rvec, tvec = cv2.solvePnP(pts3, pts2, K, None, flags=cv2.SOLVEPNP_EPNP)
         if not ok:
             return None
@@ -129,6 +153,13 @@ def decode_poses(
     A sample whose best cell scores below ``min_score``, or whose PnP fails, is reported not detected
     (R = identity, t = 0), which the ADD metric counts as a failure.
     """
+    check_decoding_options(min_score, top_k, aggregation)
+    K_np = check_decoding_inputs(logits, K, keypoints_3d)
+    classes = logits.shape[2]
+    if labels.shape != (logits.shape[0],) or ((labels < 0) | (labels >= classes)).any():
+        raise ValueError(
+            f"labels must be (B,) = ({logits.shape[0]},) classes in [0, {classes}), got {labels.tolist()}"
+        )
     with torch.no_grad():
         votes, weights, best = keypoint_votes(
             logits.float(),
@@ -139,7 +170,6 @@ def decode_poses(
             top_k,
         )
     votes_np, weights_np, best_np = votes.cpu().numpy(), weights.cpu().numpy(), best.cpu().numpy()
-    K_np = np.asarray(K.detach().cpu() if isinstance(K, torch.Tensor) else K, dtype=np.float64)
     labels_np = labels.cpu().numpy()
     b = len(labels_np)
     R = np.tile(np.eye(3), (b, 1, 1))

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lightning_modules.pose.decode import Aggregation, solve_pose
+from lightning_modules.pose.decode import (
+    Aggregation,
+    check_decoding_inputs,
+    check_decoding_options,
+    solve_pose,
+)
 
 
 @dataclass
@@ -77,16 +82,15 @@ def decode_instances(
     ``decode_poses``. At most ``max_instances`` per class and image are solved; a group whose PnP fails
     gives no detection.
     """
-    if not 0 <= min_score <= 1:
-        raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
-    if max_instances < 1 or top_k < 1:
-        raise ValueError(f"max_instances and top_k must be >= 1, got {max_instances} and {top_k}")
+    check_decoding_options(min_score, top_k, aggregation)
+    if max_instances < 1:
+        raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+    K_np = check_decoding_inputs(logits, K, keypoints_3d)
     with torch.no_grad():
         scores = torch.sigmoid(logits.float()).cpu().numpy()  # (B, N, C)
         centres, strides = centres.to(offsets.device), strides.to(offsets.device)
         votes = centres[None, :, None, :] + offsets.float() * strides[None, :, None, None]
         votes_np = votes.cpu().numpy()  # (B, N, 9, 2) px
-    K_np = np.asarray(K.detach().cpu() if isinstance(K, torch.Tensor) else K, dtype=np.float64)
     found: list[list[Detection]] = []
     for b in range(scores.shape[0]):
         image: list[Detection] = []

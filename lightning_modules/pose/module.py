@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_modules.metrics.pose import THRESHOLDS, PoseAccuracy, match_poses
-from lightning_modules.pose.decode import Aggregation, PoseEstimates, decode_poses
+from lightning_modules.pose.decode import Aggregation, PoseEstimates, check_decoding_options, decode_poses
 from lightning_modules.pose.instances import Detection, decode_instances
 from lightning_modules.pose.loss import pose_loss
 from lightning_modules.pose.model import PoseNet, cell_grid
@@ -60,10 +60,9 @@ class PoseModule(pl.LightningModule):
             raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
         if not instance_radius > 0:
             raise ValueError(f"instance_radius must be > 0, got {instance_radius}")
-        if not 0 <= min_score <= 1 or max_detections < 1:
-            raise ValueError(
-                f"min_score must lie in [0, 1] and max_detections be >= 1, got {min_score}, {max_detections}"
-            )
+        check_decoding_options(min_score, top_k, aggregation)
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
         self.save_hyperparameters()
         self.hparams["keypoints_3d"] = kp.tolist()  # plain lists in checkpoints / hparams.yaml
         self.model = PoseNet(len(kp), widths, fpn_channels, head_convs)

@@ -139,3 +139,51 @@ def test_a_pose_behind_the_camera_is_no_pose(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(decode_module.cv2, "solvePnP", behind)
     assert solve_pose(KP3D, kp2d[None], np.ones(1), K, "mean") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"K": K}, r"K must have shape \(B, 3, 3\) for B=2 images, got \(3, 3\)"),
+        ({"labels": torch.tensor([1])}, r"labels must be \(B,\) = \(2,\) classes in \[0, 2\), got \[1\]"),
+        ({"labels": torch.tensor([1, 2])}, r"classes in \[0, 2\), got \[1, 2\]"),
+        ({"keypoints_3d": KP3D[None]}, r"keypoints_3d must have shape \(2, 9, 3\), got \(1, 9, 3\)"),
+        ({"top_k": 0}, "top_k must be an integer >= 1, got 0"),
+        (
+            {"aggregation": "medain"},
+            r"aggregation must be one of \['mean', 'median', 'ransac'\], got 'medain'",
+        ),
+    ],
+)
+def test_bad_decoding_inputs_are_named(change: dict[str, Any], match: str) -> None:
+    """Each came through as OpenCV's assertion, an IndexError, or (labels of another length) estimates of
+    inconsistent lengths; a misspelt aggregation only failed once some cell was confident."""
+    from lightning_modules.pose.instances import decode_instances
+
+    centres, strides = cell_grid((64, 64), (8, 16, 32))
+    n = len(centres)
+    args: dict[str, Any] = {
+        "logits": torch.full((2, n, 2), -8.0),
+        "offsets": torch.zeros(2, n, 9, 2),
+        "labels": torch.tensor([1, 0]),
+        "K": np.stack([K, K]),
+        "keypoints_3d": np.stack([KP3D, KP3D]),
+        "centres": centres,
+        "strides": strides,
+        **change,
+    }
+    with pytest.raises(ValueError, match=match):
+        decode_poses(**args)
+    if "labels" not in change:
+        del args["labels"]
+        with pytest.raises(ValueError, match=match):
+            decode_instances(**args)
+
+
+def test_pose_module_checks_its_decoding_options_when_built() -> None:
+    from lightning_modules.pose.module import PoseModule
+
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        PoseModule(np.stack([KP3D]), aggregation="medain")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1, got 0"):
+        PoseModule(np.stack([KP3D]), top_k=0)
