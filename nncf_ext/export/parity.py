@@ -102,8 +102,10 @@ def check_parity(
             try:
                 expected = _flatten(run_model(model, x))
                 got = [np.asarray(v) for v in compiled(to_numpy_inputs(x)).values()]
-            except Exception as e:  # an input of another shape or type than the IR was made for
-                raise ParityError(f"parity input {j} cannot be run: {type(e).__name__}: {e}") from e
+            except Exception as error:  # an input of another shape or type than the IR was made for
+                raise ParityError(
+                    f"parity input {j} cannot be run: {type(error).__name__}: {error}"
+                ) from error
             if len(got) != len(expected):
                 raise ParityError(f"the IR has {len(got)} outputs, the torch model {len(expected)}")
             for i, (e, g) in enumerate(zip(expected, got, strict=True)):
