@@ -30,6 +30,8 @@ class Task:
     module: Callable[..., pl.LightningModule]
     # (data: str | None, batch_size: int | None, seed: int, hparams: the module's, for the data it needs)
     datamodule: Callable[..., pl.LightningDataModule]
+    # a batch of real inputs from the datamodule: NNCF's graph and the initial activation ranges
+    example_input: Callable[[pl.LightningDataModule], torch.Tensor]
     description: str
 
 
@@ -50,6 +52,11 @@ def _toy_data(
     if data is not None:
         raise ConfigError("--data", f"the toy task generates its data; it cannot read {data}")
     return ToyDataModule(batch_size=batch_size or 64, seed=seed)
+
+
+def _toy_example(datamodule: pl.LightningDataModule) -> torch.Tensor:
+    datamodule.setup("fit")
+    return datamodule.train.tensors[0][:32]  # type: ignore[attr-defined]
 
 
 def _retrieval_module(
@@ -75,7 +82,10 @@ def _retrieval_module(
         whitening_dim=whitening_dim,
         image_size=image_size,
     )
-    module.example_input_array = torch.zeros(1, 3, image_size, image_size)
+    # the spread of ImageNet-normalised images, not zeros: activation ranges may start from it
+    module.example_input_array = torch.randn(
+        1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)
+    )
     return module
 
 
@@ -104,12 +114,20 @@ def _retrieval_data(
     return RetrievalDataModule(parts[0], parts[1], **options)
 
 
+def _retrieval_example(datamodule: pl.LightningDataModule) -> torch.Tensor:
+    images, _ = next(iter(datamodule.init_dataloader()))  # type: ignore[attr-defined]  # (images, indices)
+    return images[:32]
+
+
 TASKS: dict[str, Task] = {
-    "toy": Task("toy", _toy_module, _toy_data, "gratings classification (tiny, generated in memory)"),
+    "toy": Task(
+        "toy", _toy_module, _toy_data, _toy_example, "gratings classification (tiny, generated in memory)"
+    ),
     "retrieval": Task(
         "retrieval",
         _retrieval_module,
         _retrieval_data,
+        _retrieval_example,
         "place recognition: conv features + NetVLAD + PCA whitening, triplet loss, revisited mAP",
     ),
 }

@@ -103,6 +103,7 @@ def _compress(args: argparse.Namespace) -> int:
         enable_model_summary=False,
     )
     datamodule = task.datamodule(args.data, args.batch_size, args.seed, dict(module.hparams))
+    callback.example_input = task.example_input(datamodule)  # real inputs: activation ranges start from them
     trainer.fit(module, datamodule, ckpt_path=args.resume, weights_only=True)
     if trainer.is_global_zero:
         path = save_compressed(out / "compressed.pt", task.name, module, callback.config)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_modules.toy.data import gratings
-from lightning_modules.toy.module import ToyDataModule
+from lightning_modules.toy.module import ToyDataModule, ToyModule
 from nncf_ext.cli import main
 
 CONFIG = str(Path(__file__).parents[1] / "examples" / "configs" / "deep_compression.json")
@@ -113,3 +113,25 @@ def test_toy_validation_set_has_its_own_seed() -> None:
     assert all(torch.equal(a, b) for a, b in zip(same.val.tensors, other.val.tensors, strict=True))
     batches = list(other.val_dataloader())
     assert torch.equal(torch.cat([x for x, _ in batches]), other.val.tensors[0])
+
+
+def test_compress_gives_the_callback_real_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Activation ranges start from the callback's example input: the tasks gave zeros, and activation
+    quantization through the CLI trained at chance accuracy."""
+    import pytorch_lightning as pl
+
+    from lightning_modules.callbacks import NNCFCompressionCallback
+
+    seen: list[Any] = []
+
+    def fit(self: pl.Trainer, module: Any, datamodule: Any = None, **kwargs: Any) -> None:
+        seen.extend(c for c in self.callbacks if isinstance(c, NNCFCompressionCallback))  # type: ignore[attr-defined]
+        raise Fitted
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)
+    args = ["compress", "--task", "toy", "--config", CONFIG, "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(Fitted):
+        main([*args, "--seed", "5"])
+    (callback,) = seen
+    assert torch.equal(callback.example_input, gratings(1024, seed=5)[0][:32])
+    assert ToyModule().example_input_array.std() > 0.1  # for the Lightning callback without one

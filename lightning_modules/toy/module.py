@@ -20,7 +20,8 @@ class ToyModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = ToyConvNet(classes=classes, width=width)
-        self.example_input_array = torch.zeros(1, 3, 16, 16)
+        # real gratings, not zeros: activation quantizers take their initial ranges from the example input
+        self.example_input_array = gratings(8, classes=classes, seed=0)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -284,3 +284,21 @@ def test_fixed_ranges_stay_fixed_after_a_resume(example_input: torch.Tensor) -> 
     (algo,) = pipeline.algorithms
     quantizers = [*algo.weight_quantizers.values(), *algo.activation_quantizers.values()]
     assert quantizers and all(not p.requires_grad for q in quantizers for p in q.parameters())
+
+
+def test_an_all_zero_example_input_is_refused_for_activation_quantization() -> None:
+    """Activation ranges start from the example input: zeros gave the first layer's input quantizer a range of
+    1e-8, which erased every input, and training stayed at chance (the CLI's tasks passed zeros)."""
+    from nncf.torch.function_hook.wrapper import is_wrapped
+
+    from nncf_ext.errors import ModelError
+
+    model = TinyNet()
+    config = {"compression": {"algorithm": "uniform_quantization", "activations": {"bits": 8}}}
+    with pytest.raises(
+        ModelError, match=r"compression\[0\]\.activations: .* input of features/0/conv2d/0 .* 0;"
+    ):
+        nncf_ext.create_compression(model, config, torch.zeros(2, 3, 12, 12))
+    assert not is_wrapped(model)
+    weights_only = {"compression": {"algorithm": "uniform_quantization", "weights": {"bits": 8}}}
+    nncf_ext.create_compression(TinyNet(), weights_only, torch.zeros(2, 3, 12, 12))  # no activation ranges

@@ -170,3 +170,13 @@ def test_cli_datamodule_resizes_to_the_module_image_size(odd_root: Path) -> None
     data = f"{odd_root},{odd_root}"
     assert task.datamodule(data, 2, 0, {"image_size": 40}).image_size == 40
     assert task.datamodule(data, 2, 0, None).image_size == task.module().example_input_array.shape[-1]
+
+
+def test_the_retrieval_task_example_is_a_batch_of_training_images(odd_root: Path) -> None:
+    """What the CLI gives the callback: activation ranges start from it, so real images, at the data's size."""
+    task = get_task("retrieval")
+    dm = task.datamodule(f"{odd_root},{odd_root}", 2, 0, {"image_size": 40})
+    example = task.example_input(dm)
+    pool = torch.cat([images for images, _ in dm.init_dataloader()])
+    assert example.shape == (min(32, len(pool)), 3, 40, 40) and torch.equal(example, pool[: len(example)])
+    assert float(task.module().example_input_array.std()) > 0.5  # not zeros

@@ -18,9 +18,10 @@ from torch import nn
 
 from nncf_ext.algorithms.base import AlgorithmConfig, CompressionAlgorithm, register_algorithm
 from nncf_ext.algorithms.bits import BitsPerScope
-from nncf_ext.algorithms.uniform_quantization.observers import collect_input_ranges, collect_input_sizes
+from nncf_ext.algorithms.uniform_quantization.observers import collect_input_ranges, observe_inputs
 from nncf_ext.config_reader import ConfigReader
 from nncf_ext.distributed import broadcast_module
+from nncf_ext.errors import ModelError
 from nncf_ext.hooks import incoming_weight
 from nncf_ext.model import example_like_model, get_weight
 from nncf_ext.quantizers import (
@@ -143,22 +144,31 @@ class UniformQuantization(CompressionAlgorithm):
         return quantizer
 
     def apply(self, model: nn.Module, weights: list[WeightInfo], example_input: Any) -> None:
-        super().apply(model, weights, example_input)
         act = self.config.activations
         if act is None:
+            super().apply(model, weights, example_input)
             return
-        device = get_weight(model, weights[0].name).device
         # the float activation input of weighted operations only (not the weight's port, not an embedding's
         # indices); a parameter used elementwise (NetVLAD centroids) brings none
-        self.activation_ports = {
+        ports = {
             op: port
             for w in weights
             if w.weighted
             for op, port in zip(w.op_names, w.activation_ports, strict=True)
             if port is not None
         }
-        ports = self.activation_ports
-        sizes = collect_input_sizes(model, ports, example_input) if self.config.lsq_gradient_scale else {}
+        observed = observe_inputs(model, ports, example_input)
+        for op, obs in observed.items():  # checked before any hook is added
+            if not obs.high > obs.low:
+                raise ModelError(
+                    f"{self.path}.activations: the example input gives the input of {op} the single value "
+                    f"{float(obs.low):g}; activation ranges start from the example input's activations, so "
+                    "give a representative batch (not zeros)"
+                )
+        super().apply(model, weights, example_input)
+        self.activation_ports = ports
+        device = get_weight(model, weights[0].name).device
+        sizes = {op: obs.per_sample for op, obs in observed.items()} if self.config.lsq_gradient_scale else {}
         for op, port in ports.items():
             quantizer = make_quantizer(act.bits, act.mode, (1,), signed=None, is_weights=False).to(device)
             self._disable(quantizer)

@@ -53,8 +53,3 @@ def collect_input_ranges(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{op: (min, max)}`` of each op's input (at ``ports[op]``) over the example input."""
     return {op: (obs.low, obs.high) for op, obs in observe_inputs(model, ports, example_input).items()}
-
-
-def collect_input_sizes(model: nn.Module, ports: Mapping[str, int], example_input: Any) -> dict[str, int]:
-    """``{op: elements of one sample of its input}`` (at ``ports[op]``)."""
-    return {op: obs.per_sample for op, obs in observe_inputs(model, ports, example_input).items()}
