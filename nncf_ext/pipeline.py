@@ -163,7 +163,7 @@ def create_compression(
                 "the model has no weighted operation (conv, linear, embedding, matmul) to compress"
             )
         selections = []
-        quantized_by: dict[tuple[str, str], str] = {}  # (weight, kind) -> the entry that quantizes it
+        taken_by: dict[tuple[str, str], str] = {}  # (weight, role) -> the entry that put it there
         for algorithm in algorithms:
             selected = algorithm.select(weights, others)
             already = sorted(w.name for w in selected if w.name in existing)
@@ -172,15 +172,15 @@ def create_compression(
                     f"{algorithm.path}: weights {already} already carry nncf-ext hooks or NNCF quantizers; "
                     "create the pipeline on the uncompressed model and load its state_dict instead"
                 )
-            if (kind := algorithm.quantizes) is not None:
-                twice = sorted(w.name for w in selected if (w.name, kind) in quantized_by)
+            if (role := algorithm.role) is not None:
+                twice = sorted(w.name for w in selected if (w.name, role) in taken_by)
                 if twice:
                     raise ConfigError(
                         algorithm.path,
-                        f"weights {twice} are already quantized ({kind}) by {quantized_by[twice[0], kind]}; "
+                        f"weights {twice} already have a {role} from {taken_by[twice[0], role]}; "
                         "narrow the target_scope or ignored_scope of one of them",
                     )
-                quantized_by.update({(w.name, kind): algorithm.path for w in selected})
+                taken_by.update({(w.name, role): algorithm.path for w in selected})
             check_finite(wrapped, selected)
             algorithm.validate(wrapped, selected)
             selections.append(selected)

@@ -225,7 +225,7 @@ def test_a_quantized_model_is_not_quantized_again(example_input: torch.Tensor) -
 def test_two_grids_on_one_weight_are_refused_a_codebook_on_a_grid_is_not(example_input: torch.Tensor) -> None:
     grid = {"algorithm": "uniform_quantization", "weights": {"bits": 8}}
     model = TinyNet()
-    with pytest.raises(ConfigError, match=r"already quantized \(grid\) by compression\[0\]") as info:
+    with pytest.raises(ConfigError, match=r"already have a grid from compression\[0\]") as info:
         nncf_ext.create_compression(
             model,
             {"compression": [grid, {"algorithm": "mqat", "bits": {"features": 4, "fc": 4}}]},
@@ -233,7 +233,7 @@ def test_two_grids_on_one_weight_are_refused_a_codebook_on_a_grid_is_not(example
         )
     assert info.value.path == "compression[1]" and not is_wrapped(model)
     kmeans = {"algorithm": "kmeans_quantization", "bits": 4}
-    with pytest.raises(ConfigError, match=r"\(codebook\)"):
+    with pytest.raises(ConfigError, match="already have a codebook from"):
         nncf_ext.create_compression(TinyNet(), {"compression": [kmeans, kmeans]}, example_input)
     # cluster-preserving quantization: k-means centroids snapped to an int8 grid
     nncf_ext.create_compression(TinyNet(), {"compression": [kmeans, grid]}, example_input)
@@ -265,3 +265,23 @@ def test_a_huge_sample_size_is_refused_when_parsed() -> None:
         )
     assert info.value.path == "input_info[1].sample_size"
     assert nncf_ext.load_config({"input_info": {"sample_size": [2**31]}, "compression": entry})
+
+
+def test_two_masks_or_two_penalties_on_one_weight_are_refused(example_input: torch.Tensor) -> None:
+    """Two pruning entries over the same weights stacked two masks, and two L1 entries doubled lambda."""
+    prune = {"algorithm": "threshold_pruning", "threshold": 0.01}
+    l1 = {"algorithm": "l1_sparsity", "lambda": 1e-4}
+    for entry, role in [(prune, "pruning mask"), (l1, "L1 penalty")]:
+        model = TinyNet()
+        narrow = {**entry, "target_scope": {"names": ["fc.weight"]}}
+        with pytest.raises(
+            ConfigError, match=rf"\['fc.weight'\] already have a {role} from compression\[0\]"
+        ):
+            nncf_ext.create_compression(model, {"compression": [entry, narrow]}, example_input)
+        assert not is_wrapped(model)
+    disjoint = {**prune, "ignored_scope": {"names": ["fc.weight"]}}
+    nncf_ext.create_compression(
+        TinyNet(),
+        {"compression": [disjoint, {**prune, "target_scope": {"names": ["fc.weight"]}}, l1]},
+        example_input,
+    )

@@ -47,9 +47,10 @@ class CompressionAlgorithm(ABC):
     """One entry of the ``compression`` list, applied to a wrapped model."""
 
     name: ClassVar[str]
-    # what sets the values a weight takes ("codebook", "grid"): at most one algorithm of each per weight
-    # (a codebook snapped to a grid is cluster-preserving quantization; two grids are a mistake)
-    quantizes: ClassVar[str | None] = None
+    # what this algorithm puts on a weight ("codebook", "grid", "pruning mask", "L1 penalty"): at most one
+    # entry of each per weight (a codebook snapped to a grid is cluster-preserving quantization; two grids,
+    # two masks or two penalties on one weight are a mistake)
+    role: ClassVar[str | None] = None
     config: AlgorithmConfig
 
     def __init__(self, config: AlgorithmConfig, path: str) -> None:

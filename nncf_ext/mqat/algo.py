@@ -101,7 +101,7 @@ def _read_allocation(r: ConfigReader) -> Allocation | None:
 @register_algorithm
 class MQAT(CompressionAlgorithm):
     name: ClassVar[str] = "mqat"
-    quantizes: ClassVar[str | None] = "grid"
+    role: ClassVar[str | None] = "grid"
     config: MQATConfig
 
     def __init__(self, config: MQATConfig, path: str) -> None:

@@ -47,7 +47,7 @@ class KMeansQuantizationConfig(AlgorithmConfig):
 @register_algorithm
 class KMeansQuantization(CompressionAlgorithm):
     name: ClassVar[str] = "kmeans_quantization"
-    quantizes: ClassVar[str | None] = "codebook"
+    role: ClassVar[str | None] = "codebook"
     config: KMeansQuantizationConfig
 
     def __init__(self, config: KMeansQuantizationConfig, path: str) -> None:

@@ -47,6 +47,7 @@ def threshold_mask(weight: torch.Tensor, threshold: float, criterion: str) -> to
 @register_algorithm
 class ThresholdPruning(CompressionAlgorithm):
     name: ClassVar[str] = "threshold_pruning"
+    role: ClassVar[str | None] = "pruning mask"
     config: ThresholdPruningConfig
 
     def __init__(self, config: ThresholdPruningConfig, path: str) -> None:

@@ -64,7 +64,7 @@ class UniformQuantizationConfig(AlgorithmConfig):
 @register_algorithm
 class UniformQuantization(CompressionAlgorithm):
     name: ClassVar[str] = "uniform_quantization"
-    quantizes: ClassVar[str | None] = "grid"
+    role: ClassVar[str | None] = "grid"
     config: UniformQuantizationConfig
 
     def __init__(self, config: UniformQuantizationConfig, path: str) -> None:
