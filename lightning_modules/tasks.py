@@ -6,6 +6,7 @@ name and hyper-parameters to rebuild the network, NNCF's hook config and the sta
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 import nncf_ext
 from nncf_ext.errors import CheckpointError, ConfigError
+from nncf_ext.export.archive import MAGIC as ARCHIVE_MAGIC
 from nncf_ext.files import atomic_file
 
 FORMAT = "nncf-ext/compressed-model/1"
@@ -169,11 +171,22 @@ def save_compressed(
 def load_compressed(path: str | Path) -> tuple[str, pl.LightningModule, dict[str, Any]]:
     """Rebuild the task module with its compression hooks and weights; returns (task, module, payload)."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(len(ARCHIVE_MAGIC))
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no such file: {path}") from None
     except Exception as e:  # pickle refusing an unsafe object, a truncated file, ...
-        raise CheckpointError(f"cannot load {path} safely: {e}") from None
+        if head == ARCHIVE_MAGIC:
+            raise CheckpointError(
+                f"{path} is a Deep Compression archive (save_archive): it holds weights only; read it with "
+                "nncf_ext.load_archive, and give `nncf-ext` the compressed.pt written beside it"
+            ) from None
+        # torch's own text for an unsafe file advises loading it unsafely: not repeated
+        reason = "it holds objects other than tensors" if isinstance(e, pickle.UnpicklingError) else str(e)
+        raise CheckpointError(
+            f"cannot load {path} as a compressed model written by `nncf-ext compress`: {reason}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an nncf-ext compressed model (written by `nncf-ext compress`)")
     task = get_task(payload["task"])

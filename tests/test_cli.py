@@ -75,6 +75,7 @@ def test_stats_refuses_unsafe_and_foreign_files(tmp_path: Path, capsys: pytest.C
     assert main(["stats", str(tmp_path / "evil.pt")]) == 2
     captured = capsys.readouterr()
     assert "cannot load" in captured.err and "executed" not in captured.out
+    assert "holds objects other than tensors" in captured.err and "weights_only" not in captured.err
 
     out = compress(tmp_path)
     payload = torch.load(out / "compressed.pt", weights_only=True)
@@ -283,3 +284,17 @@ def test_export_passes_the_parity_options_and_a_loaded_module_is_in_eval_mode(
     with pytest.raises(SystemExit):
         main(["export", str(base), "--output", str(tmp_path / "m.xml"), "--no-check", "--tolerance", "0.02"])
     assert seen["check"] is False and seen["tolerance"] == 0.02
+
+
+def test_stats_of_an_archive_points_to_load_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive gave torch's weights-only message, which advises loading the file unsafely."""
+    import nncf_ext
+    from tests.conftest import TinyNet
+
+    archive = nncf_ext.save_archive(TinyNet(), tmp_path / "model.dca").path
+    assert main(["stats", str(archive)]) == 2
+    err = capsys.readouterr().err
+    assert "is a Deep Compression archive" in err and "nncf_ext.load_archive" in err
+    assert "weights_only" not in err and "will likely succeed" not in err
