@@ -52,8 +52,11 @@ class ConfigReader:
         self._read.add(key)
         if key in self.data:
             return self.data[key]
-        if default is _MISSING:
-            raise ConfigError(self.sub(key), "required key is missing")
+        if default is _MISSING:  # a misspelt key is the likely cause: name it
+            present = [k for k in self.data if isinstance(k, str) and k not in self._read]
+            close = difflib.get_close_matches(key, present, n=1, cutoff=0.5)
+            found = f" ('{close[0]}' is there: misspelt?)" if close else ""
+            raise ConfigError(self.sub(key), f"required key is missing{found}")
         return default
 
     def number(

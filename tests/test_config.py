@@ -285,3 +285,23 @@ def test_two_masks_or_two_penalties_on_one_weight_are_refused(example_input: tor
         {"compression": [disjoint, {**prune, "target_scope": {"names": ["fc.weight"]}}, l1]},
         example_input,
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (
+            {"compression": {"algorithm": "threshold_pruning", "treshold": 0.01}},
+            "threshold: required key is missing",
+        ),
+        (
+            {"compresion": {"algorithm": "threshold_pruning", "threshold": 0.01}},
+            "compression: required key is missing",
+        ),
+    ],
+)
+def test_a_misspelt_required_key_is_named(raw: dict[str, object], match: str) -> None:
+    """Only optional keys got a suggestion: a misspelt required one read as merely missing."""
+    wrong = next(k for k in [*raw, *raw.get("compression", {})] if k in ("treshold", "compresion"))
+    with pytest.raises(ConfigError, match=rf"{match} \('{wrong}' is there: misspelt\?\)"):
+        nncf_ext.load_config(raw)
