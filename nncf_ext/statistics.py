@@ -17,6 +17,7 @@ from nncf.common.utils.helpers import create_table
 from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE
 from torch import nn
 
+from nncf_ext.errors import ModelError
 from nncf_ext.hooks import weight_hooks
 from nncf_ext.model import get_weight
 from nncf_ext.storage import ir_bytes, layer_streams, storage_layout, weight_storage
@@ -233,6 +234,13 @@ def compression_statistic(
     :param codebook_bits: bits per stored codebook entry (32, or 16 for fp16 codebooks).
     :param index_bits: fixed relative-index width for CSR; by default each layer takes its best width.
     """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"compression_statistic expects a torch.nn.Module, got {type(model).__name__}")
+    for name, value, top in (("codebook_bits", codebook_bits, 64), ("index_bits", index_bits, 32)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top
+        ):
+            raise ModelError(f"{name} must be an integer in [1, {top}], got {value!r}")
     hooks = weight_hooks(model)
     stat = CompressionStatistic()
     compressed: set[str] = set()

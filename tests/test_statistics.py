@@ -212,3 +212,27 @@ def test_predicted_ir_bytes_of_int_weights_by_hand() -> None:
             torch.randn(1, 4),
         )
         assert nncf_ext.compression_statistic(model).layers[0].ir_bytes == expected, (mode, bits)
+
+
+def test_bad_arguments_are_named_not_raw() -> None:
+    """A state dict gave AttributeError ('forward'); index_bits -1 numpy's negative shift count, 2.5 a
+    NotImplementedError; codebook_bits 0 gave bogus ratios."""
+    import pytest
+
+    from nncf_ext.errors import ModelError
+    from tests.conftest import TinyNet
+
+    model = TinyNet()
+    with pytest.raises(
+        ModelError, match=r"compression_statistic expects a torch\.nn\.Module, got OrderedDict"
+    ):
+        nncf_ext.compression_statistic(model.state_dict())  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match=r"save_archive expects a torch\.nn\.Module, got OrderedDict"):
+        nncf_ext.save_archive(model.state_dict(), "unused.dca")  # type: ignore[arg-type]
+    for kwargs, match in [
+        ({"index_bits": -1}, r"index_bits must be an integer in \[1, 32\], got -1"),
+        ({"index_bits": 2.5}, "got 2.5"),
+        ({"codebook_bits": 0}, r"codebook_bits must be an integer in \[1, 64\], got 0"),
+    ]:
+        with pytest.raises(ModelError, match=match):
+            nncf_ext.compression_statistic(model, **kwargs)  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE
 from nncf.torch.quantization.layers import BaseQuantizer
 from torch import nn
 
-from nncf_ext.errors import CheckpointError, ExportError
+from nncf_ext.errors import CheckpointError, ExportError, ModelError
 from nncf_ext.files import atomic_file
 from nncf_ext.hooks import weight_hooks
 from nncf_ext.huffman import BLOCK, MAX_LENGTH, Encoded, decode, encode
@@ -188,6 +188,8 @@ class ArchiveInfo:
 
 def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
     """Write ``model`` (its compressed weights and everything else) as a Deep Compression archive."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"save_archive expects a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
     blobs = _Blobs()
     tensors: list[dict[str, Any]] = []
