@@ -18,6 +18,7 @@ Tied modules are merged into one (summed costs and sizes) before solving.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,77 @@ class ExtraBudget:
     name: str
     cost: Mapping[str, Mapping[int, float]]
     limit: float
+
+
+def _number(value: object, *, nan: bool = False) -> bool:
+    """Whether ``value`` is a real number (not a boolean, a string or None) other than -inf (and NaN unless
+    ``nan``)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    return (nan or not math.isnan(value)) and value != -math.inf
+
+
+def _check_inputs(
+    sensitivity: Mapping[str, Mapping[int, float]],
+    sizes: Mapping[str, int],
+    budget_bits: float,
+    ties: Sequence[Sequence[str]],
+    extra: Sequence[ExtraBudget],
+) -> None:
+    """Refuse what the solver would turn into a raw error or, worse, a silently wrong allocation."""
+    if not sensitivity:
+        raise ConfigError("sensitivity", "no modules to allocate bit-widths to")
+    for m, per in sensitivity.items():
+        if m not in sizes:
+            raise ConfigError("sizes", f"no size for module '{m}'")
+        if not _number(sizes[m]) or not 0 <= sizes[m] < math.inf:
+            raise ConfigError("sizes", f"module '{m}': expected a number of weights >= 0, got {sizes[m]!r}")
+        if not per:
+            raise ConfigError("sensitivity", f"module '{m}' has no candidate bit-widths")
+        nan = [b for b, c in per.items() if _number(c, nan=True) and math.isnan(c)]
+        if nan:
+            raise ConfigError("sensitivity", f"module '{m}' has a NaN cost at {nan} bits")
+        for b, c in per.items():
+            if not isinstance(b, numbers.Integral) or isinstance(b, bool) or b < 1:
+                raise ConfigError(
+                    "sensitivity", f"module '{m}': a bit-width must be an integer >= 1, not {b!r}"
+                )
+            if not _number(c):
+                raise ConfigError(
+                    "sensitivity",
+                    f"module '{m}' costs {c!r} at {b} bits: expected a number (+inf: never take)",
+                )
+    if not _number(budget_bits):
+        raise ConfigError(
+            "budget_bits", f"expected a number of bits (+inf: no size budget), got {budget_bits!r}"
+        )
+    if not all(
+        isinstance(group, Sequence) and not isinstance(group, str) and all(isinstance(m, str) for m in group)
+        for group in ties
+    ):
+        raise ConfigError("ties", f"expected a list of lists of module names, got {ties!r}")
+    for e, budget in enumerate(extra):
+        if not isinstance(budget, ExtraBudget):
+            raise ConfigError(f"extra[{e}]", f"expected an ExtraBudget, got {type(budget).__name__}")
+        where = f"extra[{e}] ({budget.name})"
+        if not _number(budget.limit):
+            raise ConfigError(where, f"the limit must be a number (+inf: no limit), got {budget.limit!r}")
+        if not isinstance(budget.cost, Mapping):
+            raise ConfigError(
+                where, f"expected costs {{module: {{bits: cost}}}}, got {type(budget.cost).__name__}"
+            )
+        for m, per in sensitivity.items():
+            costs = budget.cost.get(m)
+            if not isinstance(costs, Mapping):
+                raise ConfigError(where, f"no costs for module '{m}'")
+            for b in per:
+                if b not in costs:
+                    raise ConfigError(where, f"module '{m}' has no cost at {b} bits")
+                if not _number(costs[b]):
+                    raise ConfigError(
+                        where,
+                        f"module '{m}' costs {costs[b]!r} at {b} bits: expected a number (+inf: not allowed)",
+                    )
 
 
 def _tie_groups(modules: list[str], ties: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -116,13 +188,35 @@ def _greedy(
         pick[g] = j
 
 
+def _size_text(bits: float) -> str:
+    """``bits`` in MB, KB or bytes, whichever keeps the three decimals meaningful."""
+    nbytes = bits / 8
+    for unit, scale in (("MB", 2**20), ("KB", 2**10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.3f} {unit}"
+    return f"{nbytes:.15g} bytes"
+
+
+def _check_reachable(groups: list[list[str]], valid: np.ndarray, path: str, problem: str) -> None:
+    """Refuse a group of modules with no ``valid`` choice."""
+    if not valid.any(1).all():
+        empty = groups[int(np.flatnonzero(~valid.any(1))[0])]
+        which = f"module '{empty[0]}' has" if len(empty) == 1 else f"tied modules {empty} have"
+        raise ConfigError(path, f"{which} {problem}")
+
+
 def _infeasible(budget_bits: float, smallest: float, extra: Sequence[ExtraBudget]) -> ConfigError:
+    names = [b.name for b in extra]
+    if budget_bits == math.inf:
+        return ConfigError("target_compression", f"no bit allocation meets the extra budgets {names}")
+    budget, low = _size_text(budget_bits), _size_text(smallest)
+    if budget == low:  # apart by less than the printed precision
+        budget, low = f"{budget} ({budget_bits:.15g} bits)", f"{low} ({smallest:.15g} bits)"
     return ConfigError(
         "target_compression",
-        f"no bit allocation fits the budget of {budget_bits / 8 / 2**20:.3f} MB for the quantized "
-        f"weights; the smallest reachable is {smallest / 8 / 2**20:.3f} MB "
-        "(every module at its fewest bits)"
-        + (f" and the extra budgets {[b.name for b in extra]} may not be met" if extra else ""),
+        f"no bit allocation fits the {'negative ' if budget_bits < 0 else ''}budget of {budget} for the "
+        f"quantized weights; the smallest reachable is {low} (every module at its fewest bits)"
+        + (f" and the extra budgets {names} may not be met" if extra else ""),
     )
 
 
@@ -159,16 +253,15 @@ def allocate_bits(
 
     :param sensitivity: per module, the cost of each candidate bit-width (+inf: never to be taken).
     :param sizes: number of weights of each module.
+    :param budget_bits: the size budget in bits (+inf: none, each module takes its cheapest width).
     :param ties: groups of modules that must take the same bit-width.
-    :param extra: further budgets, linear in the one-hot choice of each module.
-    :raises ConfigError: if no allocation fits, stating the smallest size reachable.
+    :param extra: further budgets, linear in the one-hot choice of each module; an extra cost of +inf rules
+        that width of that module out.
+    :raises ConfigError: on a malformed input (NaN or -inf costs, negative sizes, ...), naming it; or if no
+        allocation fits, stating the smallest size reachable.
     """
+    _check_inputs(sensitivity, sizes, budget_bits, ties, extra)
     modules = list(sensitivity)
-    for m in modules:
-        if m not in sizes:
-            raise ConfigError("sizes", f"no size for module '{m}'")
-        if not sensitivity[m]:
-            raise ConfigError("sensitivity", f"module '{m}' has no candidate bit-widths")
     groups = _tie_groups(modules, ties)
     candidates = []
     for group in groups:
@@ -187,30 +280,40 @@ def allocate_bits(
     for g, (group, bits) in enumerate(zip(groups, candidates, strict=True)):
         for j, b in enumerate(bits):
             cost[g, j] = sum(float(sensitivity[m][b]) for m in group)
-            size[g, j] = sum(sizes[m] * b for m in group)
+            size[g, j] = sum(float(sizes[m]) * b for m in group)
             for e, budget in enumerate(extra):
                 extras[e, g, j] = sum(float(budget.cost[m][b]) for m in group)
-    for m in modules:
-        nan = [b for b, c in sensitivity[m].items() if math.isnan(float(c))]
-        if nan:
-            raise ConfigError("sensitivity", f"module '{m}' has a NaN cost at {nan} bits")
     valid = np.isfinite(cost)  # +inf: a width never to take (and the padding of shorter candidate lists)
-    if not valid.any(1).all():
-        empty = groups[int(np.flatnonzero(~valid.any(1))[0])]
-        which = f"module '{empty[0]}' has" if len(empty) == 1 else f"tied modules {empty} have"
-        raise ConfigError("sensitivity", f"{which} no bit-width of finite cost")
-    size[~valid] = np.inf
-    smallest = float(size.min(1).sum())
+    _check_reachable(groups, valid, "sensitivity", "no bit-width of finite cost")
+    valid &= np.isfinite(extras).all(0)  # +inf in an extra budget: a width not allowed
+    _check_reachable(
+        groups, valid, "extra", "no bit-width of finite sensitivity that every extra budget allows"
+    )
+    smallest = float(np.where(valid, size, np.inf).min(1).sum())
     if smallest > budget_bits:
         raise _infeasible(budget_bits, smallest, extra)
+    # a width over an extra budget even with every other group at its least is in no feasible allocation:
+    # dropping it is exact, and keeps a huge cost ("never", 1e9) out of the solver's scaled rows, where it
+    # made HiGHS call a feasible problem infeasible
+    for e, budget in enumerate(extra):
+        least = np.where(valid, extras[e], np.inf).min(1)
+        slack = 1e-9 * (abs(budget.limit) + np.abs(np.where(valid, extras[e], 0.0)).max(1).sum())
+        valid &= extras[e] - least[:, None] <= budget.limit - least.sum() + slack
+        if not valid.any(1).all():
+            raise _infeasible(budget_bits, smallest, extra)
+    cost[~valid] = np.inf  # a width an extra budget rules out is never taken either
+    size[~valid] = np.inf
+    extras[:, ~valid] = 0.0
+    # no budget above the largest reachable size binds: +inf (no budget) becomes a finite one
+    size_budget = min(budget_bits, float(np.where(valid, size, -np.inf).max(1).sum()))
 
     # reduced-cost fixing with a greedy incumbent (used only if it also meets the extra budgets)
     rows = np.arange(len(groups))
-    lam, bound = _lagrangian(cost, size, budget_bits)
+    lam, bound = _lagrangian(cost, size, size_budget)
     reduced = _reduced(cost, size, lam)
     reduced_min = reduced.min(1, keepdims=True)
     tied = reduced <= reduced_min + 1e-12 * np.abs(reduced_min)
-    pick = _greedy(cost, size, budget_bits, np.where(tied, size, np.inf).argmin(1))
+    pick = _greedy(cost, size, size_budget, np.where(tied, size, np.inf).argmin(1))
     incumbent: float | None = float(cost[rows, pick].sum())
     if any(extras[e][rows, pick].sum() > budget.limit for e, budget in enumerate(extra)):
         incumbent = None
@@ -231,7 +334,7 @@ def allocate_bits(
         d_cost = cost[g_of, nxt] - cost[g_of, prev]
         scale = max(float(np.abs(d_cost).max()), 1e-300)
         constraint_rows = [size[g_of, nxt] - size[g_of, prev]]
-        upper = [budget_bits - size[rows, base].sum()]
+        upper = [size_budget - size[rows, base].sum()]
         for e, budget in enumerate(extra):
             constraint_rows.append(extras[e][g_of, nxt] - extras[e][g_of, prev])
             upper.append(budget.limit - extras[e][rows, base].sum())
@@ -257,11 +360,20 @@ def allocate_bits(
             )
         for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last one wins
             choice[g_of[taken]] = nxt[taken]
-    if any(extras[e][rows, choice].sum() > budget.limit for e, budget in enumerate(extra)):
+    over = [b.name for e, b in enumerate(extra) if extras[e][rows, choice].sum() > b.limit]
+    if over and not steps:
         raise _infeasible(budget_bits, smallest, extra)  # every group was down to one choice
+    if over or size[rows, choice].sum() > size_budget:  # over within HiGHS's tolerances: never returned
+        if incumbent is None:  # no allocation known to fit exactly
+            raise NNCFExtError(
+                "the bit-allocation MILP returned an allocation over the "
+                + (f"extra budgets {over}" if over else "size budget")
+                + " (within HiGHS's tolerances)"
+            )
+        choice = pick  # the greedy incumbent fits exactly
     # HiGHS stops within its tolerances, which differences as small as MQAT's tie-breaks lie below: a
     # change of one group that still lowers the exact cost is taken, and the incumbent wins if it is better
-    choice = _greedy(cost, size, budget_bits, choice, extras, [b.limit for b in extra])
+    choice = _greedy(cost, size, size_budget, choice, extras, [b.limit for b in extra])
     if incumbent is not None and incumbent < float(cost[rows, choice].sum()):
         choice = pick
     return {m: candidates[g][int(choice[g])] for g, group in enumerate(groups) for m in group}

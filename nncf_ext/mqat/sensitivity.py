@@ -9,11 +9,17 @@ Both quantize as the MQAT algorithm will (``mode``, ``per_channel``, ``init``: i
 Tables are cached as JSON, keyed by the method and its settings (that weight format, the Hessian samples),
 the bit-widths and each module's weights (names and shapes) they were measured for; a cache that differs in
 any of them is measured again.
+
+An ``evaluate()`` that returns NaN or an infinity with a module quantized is recorded as it came: a failed
+evaluation (a loss that overflowed at 2 bits), which the MQAT allocation rules out and ``order`` ranks most
+sensitive. A baseline (full precision) that is not finite, a non-finite Hessian cost, and arguments outside
+what the MQAT algorithm supports (bit-widths 2 to 8, its weight ``mode`` and ``init``) are refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,13 +28,58 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nncf_ext.errors import CheckpointError
+from nncf_ext.algorithms.uniform_quantization.algo import INITS
+from nncf_ext.errors import CheckpointError, ConfigError, ModelError
 from nncf_ext.files import atomic_file
 from nncf_ext.model import eval_mode, frozen_state, get_weight
-from nncf_ext.quantizers import init_weight_range, make_weight_quantizer
+from nncf_ext.quantizers import MODES, init_weight_range, make_weight_quantizer
 from nncf_ext.scopes import WeightInfo
 
 Setting = bool | int | str  # a recorded measurement setting
+MIN_BITS, MAX_BITS = 2, 8  # the widths the MQAT and uniform quantization configs accept
+
+
+def _check_bits(bits: object, path: str) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ConfigError(path, f"expected a bit-width from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+
+
+def _check_format(mode: str, per_channel: bool, init: str) -> None:
+    if mode not in MODES:
+        raise ConfigError("mode", f"expected one of {list(MODES)}, got {mode!r}")
+    if not isinstance(per_channel, bool):
+        raise ConfigError("per_channel", f"expected a boolean, got {per_channel!r}")
+    if init not in INITS:
+        raise ConfigError("init", f"expected one of {list(INITS)}, got {init!r}")
+
+
+def _check_measurement(
+    modules: Mapping[str, Sequence[WeightInfo]],
+    candidate_bits: Sequence[int],
+    mode: str,
+    per_channel: bool,
+    init: str,
+) -> None:
+    """Refuse what would measure nothing, or measure other than the MQAT algorithm quantizes."""
+    _check_modules(modules)
+    if isinstance(candidate_bits, (str, bytes)) or not candidate_bits:
+        raise ConfigError("candidate_bits", f"expected a list of bit-widths, got {candidate_bits!r}")
+    for i, bits in enumerate(candidate_bits):
+        _check_bits(bits, f"candidate_bits[{i}]")
+    _check_format(mode, per_channel, init)
+
+
+def _check_samples(samples: int) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError("samples", f"expected a number of samples >= 1, got {samples!r}")
+
+
+def _check_modules(modules: Mapping[str, Sequence[WeightInfo]]) -> None:
+    if not modules:
+        raise ConfigError("modules", "no modules to measure")
+    for name, weights in modules.items():
+        if not weights:
+            raise ConfigError("modules", f"module '{name}' has no weights")
 
 
 @dataclass
@@ -43,11 +94,15 @@ class SensitivityTable:
     settings: dict[str, Setting] = field(default_factory=dict)
 
     def order(self, bits: Mapping[str, int] | None = None) -> list[str]:
-        """Modules from the least to the most sensitive (at ``bits``, else at the fewest bits measured)."""
+        """Modules from the least to the most sensitive (at ``bits``, else at the fewest bits measured); a
+        failed evaluation (NaN) ranks as the most sensitive."""
 
         def cost(m: str) -> float:
             b = bits[m] if bits and m in bits else min(self.costs[m])
-            return self.costs[m][b]
+            if b not in self.costs[m]:
+                raise ConfigError("bits", f"module '{m}' was not measured at {b} bits")
+            c = self.costs[m][b]
+            return math.inf if math.isnan(c) else c
 
         return sorted(self.costs, key=cost)
 
@@ -113,6 +168,8 @@ def quantized_weight(
     weight: torch.Tensor, bits: int, mode: str = "symmetric", *, per_channel: bool = True, init: str = "mse"
 ) -> torch.Tensor:
     """``weight`` as a ``bits``-bit NNCF weight quantizer with a freshly initialised range would make it."""
+    _check_bits(bits, "bits")
+    _check_format(mode, per_channel, init)
     quantizer = make_weight_quantizer(weight, bits, mode, per_channel).to(weight.device)
     init_weight_range(quantizer, weight, init)
     return quantizer.quantize(weight)
@@ -129,6 +186,8 @@ def weights_quantized(
     init: str = "mse",
 ) -> Iterator[None]:
     """Temporarily replace the values of ``weights`` by their ``bits``-bit quantization."""
+    _check_bits(bits, "bits")
+    _check_format(mode, per_channel, init)
     originals = {w.name: get_weight(model, w.name).detach().clone() for w in weights}
     try:
         with torch.no_grad():
@@ -168,22 +227,38 @@ def measure_sensitivity(
     per_channel: bool = True,
     init: str = "mse",
 ) -> SensitivityTable:
-    """Quantize each module alone at each bit-width and record the drop of ``evaluate()``."""
+    """Quantize each module alone at each bit-width and record the drop of ``evaluate()``.
+
+    A NaN or infinite ``evaluate()`` with a module quantized is recorded as a failed evaluation (see the
+    module's docstring); one at full precision is refused.
+    """
+    _check_measurement(modules, candidate_bits, mode, per_channel, init)
     settings = weight_format(mode, per_channel, init)
     if (table := _cached(cache, method, modules, candidate_bits, settings)) is not None:
         return table
     sign = 1.0 if higher_is_better else -1.0
-    baseline = float(evaluate())
+    baseline = _score(evaluate(), "at full precision")
+    if not math.isfinite(baseline):
+        raise ModelError(f"evaluate() returned {baseline} at full precision: no drop can be measured from it")
     costs: dict[str, dict[int, float]] = {}
     for name, weights in modules.items():
         costs[name] = {}
         for bits in candidate_bits:
             with weights_quantized(model, weights, bits, mode, per_channel=per_channel, init=init):
-                costs[name][bits] = sign * (baseline - float(evaluate()))
+                score = _score(evaluate(), f"with module '{name}' at {bits} bits")
+            costs[name][bits] = sign * (baseline - score)
     table = SensitivityTable(method, baseline, costs, _fingerprint(modules), settings)
     if cache is not None:
         table.save(cache)
     return table
+
+
+def _score(value: object, when: str) -> float:
+    """``evaluate()``'s result as a float (a number or a one-element tensor)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of more than one element
+        raise ModelError(f"evaluate() returned {value!r} {when}, expected a number") from None
 
 
 def hessian_traces(
@@ -199,6 +274,8 @@ def hessian_traces(
     ``loss_fn`` runs in eval mode, as PyHessian (HAWQ-V3's) runs it: BatchNorm uses its running statistics
     and does not update them, so measuring leaves the model as it was.
     """
+    _check_modules(modules)
+    _check_samples(samples)
     params = {name: [get_weight(model, w.name) for w in ws] for name, ws in modules.items()}
     flat = [p for ps in params.values() for p in ps]
     g = torch.Generator().manual_seed(seed)
@@ -230,6 +307,8 @@ def hessian_sensitivity(
     init: str = "mse",
 ) -> SensitivityTable:
     """HAWQ-V3's sensitivity: mean Hessian trace of a module times its squared quantization perturbation."""
+    _check_measurement(modules, candidate_bits, mode, per_channel, init)
+    _check_samples(samples)
     # "traces": how the traces were measured; tables from before they were measured in eval mode lack it,
     # so a cache of one is measured again
     settings = {"samples": samples, "traces": "eval", **weight_format(mode, per_channel, init)}
@@ -249,6 +328,12 @@ def hessian_sensitivity(
             # |trace|: near a minimum of a hinge-type loss (triplet) the estimate can come out negative,
             # which would rank the coarsest quantization best; the magnitude keeps the curvature ranking
             costs[name][bits] = abs(traces[name]) / n * perturbation
+            if not math.isfinite(costs[name][bits]):  # no failed width here: the loss or weights are broken
+                raise ModelError(
+                    f"the Hessian sensitivity of module '{name}' at {bits} bits is {costs[name][bits]} "
+                    f"(trace {traces[name]}, perturbation {perturbation}): is the loss or a weight not "
+                    "finite?"
+                )
     with frozen_state(model):
         loss = float(loss_fn())
     table = SensitivityTable("hessian", loss, costs, _fingerprint(modules), settings)

@@ -182,3 +182,143 @@ def test_budgets_filled_exactly_match_brute_force(seed: int) -> None:
     got = allocate_bits(sens, sizes, budget)
     assert sum(sizes[m] * got[m] for m in modules) <= budget
     assert sum(sens[m][got[m]] for m in modules) == pytest.approx(expected_cost, abs=1e-12)
+
+
+S2 = {"a": {4: 1.0, 8: 0.0}, "b": {4: 1.0, 8: 0.0}}
+Z2 = {"a": 1, "b": 1}
+
+
+def extra_costs(**override: dict[int, float]) -> dict[str, dict[int, float]]:
+    return {"a": {4: 1.0, 8: 1.0}, "b": {4: 1.0, 8: 1.0}, **override}
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (({}, {}, 100), {}, "sensitivity: no modules"),
+        ((S2, Z2, float("nan")), {}, "budget_bits: expected a number"),
+        ((S2, Z2, None), {}, "budget_bits: expected a number"),
+        ((S2, Z2, float("-inf")), {}, "budget_bits: expected a number"),
+        ((S2, {"a": float("nan"), "b": 1}, 100), {}, "sizes: module 'a'.* got nan"),
+        ((S2, {"a": float("inf"), "b": 1}, 100), {}, "sizes: module 'a'.* got inf"),
+        ((S2, {"a": -1, "b": 1}, 100), {}, "sizes: module 'a'.* got -1"),
+        ((S2, {"a": "1", "b": 1}, 100), {}, "sizes: module 'a'"),
+        (({"a": {4: "x", 8: 0.0}}, {"a": 1}, 100), {}, "module 'a' costs 'x' at 4 bits"),
+        (({"a": {4: None, 8: 0.0}}, {"a": 1}, 100), {}, "module 'a' costs None at 4 bits"),
+        (({"a": {4: float("-inf"), 8: 0.0}}, {"a": 1}, 100), {}, "module 'a' costs -inf at 4 bits"),
+        (({"a": {0: 0.0, 8: 1.0}}, {"a": 1}, 100), {}, "a bit-width must be an integer >= 1, not 0"),
+        ((S2, Z2, 100), {"ties": ["ab"]}, "ties: expected a list of lists"),
+        ((S2, Z2, 100), {"ties": "ab"}, "ties: expected a list of lists"),
+        (
+            (S2, Z2, 100),
+            {"extra": [ExtraBudget("e", {"a": {4: 1, 8: 1}}, 10)]},
+            r"\(e\): no costs for module 'b'",
+        ),
+        (
+            (S2, Z2, 100),
+            {"extra": [ExtraBudget("e", extra_costs(a={4: 1}), 10)]},
+            "'a' has no cost at 8 bits",
+        ),
+        ((S2, Z2, 16), {"extra": [ExtraBudget("e", extra_costs(b={4: 1, 8: float("nan")}), 4)]}, "costs nan"),
+        (
+            (S2, Z2, 16),
+            {"extra": [ExtraBudget("e", extra_costs(b={4: 1, 8: float("-inf")}), 4)]},
+            "costs -inf",
+        ),
+        ((S2, Z2, 16), {"extra": [ExtraBudget("e", extra_costs(), float("nan"))]}, "limit must be a number"),
+        ((S2, Z2, 16), {"extra": [ExtraBudget("e", extra_costs(), float("-inf"))]}, "limit must be a number"),
+        ((S2, Z2, 16), {"extra": [{"a": {4: 1}}]}, r"extra\[0\]: expected an ExtraBudget"),
+    ],
+)
+def test_malformed_inputs_are_refused_naming_them(args: tuple, kwargs: dict, match: str) -> None:
+    """Raw ValueError / IndexError / KeyError before; a NaN extra cost or a -inf cost was silently taken as
+    fitting (a=8, b=8 over a limit of 4) or as "never"; a string of ties tied module names letter by letter."""
+    with pytest.raises(ConfigError, match=match):
+        allocate_bits(*args, **kwargs)
+
+
+def test_an_infinite_budget_means_no_size_budget() -> None:
+    """Each module then takes its cheapest width (an IndexError before); extra budgets still bind."""
+    sens = {"a": {2: 1.0, 4: 0.0, 8: 0.5}, "b": {2: 0.0, 8: 1.0}}
+    assert allocate_bits(sens, {"a": 10, "b": 10}, float("inf")) == {"a": 4, "b": 2}
+    bops = ExtraBudget("bops", {"a": {2: 1, 4: 9, 8: 1}, "b": {2: 1, 8: 1}}, 5)
+    assert allocate_bits(sens, {"a": 10, "b": 10}, float("inf"), extra=[bops]) == {"a": 8, "b": 2}
+    with pytest.raises(ConfigError, match=r"no bit allocation meets the extra budgets \['bops'\]"):
+        allocate_bits(sens, {"a": 10, "b": 10}, float("inf"), extra=[ExtraBudget("bops", bops.cost, 1)])
+
+
+@pytest.mark.parametrize(("never", "budget"), [(float("inf"), 12), (float("inf"), 16), (1e9, 16)])
+def test_an_infinite_extra_cost_rules_only_that_width_out(never: float, budget: int) -> None:
+    """+inf (and a huge cost that no allocation can afford) on a width the solver would not take made HiGHS
+    call the problem infeasible: ``limit - inf`` in its rows, or a row scaled by 1e9."""
+    bops = ExtraBudget("bops", {"a": {4: never, 8: 1.0}, "b": {4: 1.0, 8: 8.0}}, 4)
+    assert allocate_bits(S2, Z2, budget, extra=[bops]) == {"a": 8, "b": 4}
+    no_b = ExtraBudget("bops", {"a": {4: 1.0, 8: 1.0}, "b": {4: float("inf"), 8: float("inf")}}, 4)
+    with pytest.raises(ConfigError, match=r"extra: module 'b' has no bit-width .* every extra budget allows"):
+        allocate_bits(S2, Z2, budget, extra=[no_b])
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "match"),
+    [
+        ({"a": 10, "b": 10}, 10, r"budget of 1\.25 bytes .* smallest reachable is 10 bytes"),
+        ({"a": 1000, "b": 1000}, 7000, r"budget of 875 bytes .* smallest reachable is 1000 bytes"),
+        ({"a": 2**12, "b": 2**12}, 8 * 2**10 * 3, r"budget of 3\.000 KB .* smallest reachable is 4\.000 KB"),
+        (  # apart by less than the printed precision: the exact sizes follow
+            {"a": 2**21, "b": 2**21},
+            2**24 - 1,
+            r"budget of 2\.000 MB \(16777215 bits\) .* reachable is 2\.000 MB \(16777216 bits\)",
+        ),
+        ({"a": 10, "b": 10}, -5000, r"the negative budget of -625 bytes"),
+    ],
+)
+def test_an_infeasible_budget_is_stated_with_meaningful_precision(
+    sizes: dict[str, int], budget: float, match: str
+) -> None:
+    """Small models read "a budget of 0.000 MB ... smallest reachable is 0.000 MB", a huge target "-0.000 MB"."""
+    with pytest.raises(ConfigError, match=match):
+        allocate_bits(S2, sizes, budget)
+
+
+def test_a_solver_answer_over_the_budget_is_never_returned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HiGHS accepts a constraint violated within its tolerances: such an answer is never returned (the greedy
+    allocation, which fits exactly, is)."""
+    from types import SimpleNamespace
+
+    from nncf_ext.mqat import ilp
+
+    rng = np.random.default_rng(1)  # seed 1: reduced-cost fixing leaves the MILP three steps
+    sens = {f"m{i}": {b: float(rng.random()) for b in BITS} for i in range(6)}
+    sizes = dict.fromkeys(sens, 10)
+    calls = []
+
+    def every_step(objective: np.ndarray, *args: object) -> SimpleNamespace:
+        calls.append(1)
+        return SimpleNamespace(x=np.ones(objective.size), status=0, message="")
+
+    monkeypatch.setattr(ilp, "_solve", every_step)
+    chosen = allocate_bits(sens, sizes, 6 * 10 * 4)
+    assert calls and sum(sizes[m] * b for m, b in chosen.items()) <= 6 * 10 * 4
+
+
+def test_a_solver_answer_over_an_extra_budget_without_a_fitting_incumbent_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from nncf_ext.errors import NNCFExtError
+    from nncf_ext.mqat import ilp
+
+    rng = np.random.default_rng(1)
+    sens = {f"m{i}": {b: float(rng.random()) for b in BITS} for i in range(6)}
+    sizes = dict.fromkeys(sens, 10)
+    greedy = allocate_bits(sens, sizes, 6 * 10 * 4)  # what the greedy incumbent reaches, as the solver does
+    limit = sum(greedy.values()) - 1  # an extra budget (bits summed over modules) the incumbent breaks
+    extra = [ilp.ExtraBudget("bits", {m: {b: float(b) for b in BITS} for m in sens}, limit)]
+
+    def every_step(objective: np.ndarray, *args: object) -> SimpleNamespace:
+        return SimpleNamespace(x=np.ones(objective.size), status=0, message="")
+
+    monkeypatch.setattr(ilp, "_solve", every_step)
+    with pytest.raises(NNCFExtError, match=r"over the extra budgets \['bits'\]"):
+        allocate_bits(sens, sizes, 6 * 10 * 4, extra=extra)

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,143 @@ def test_a_malformed_table_is_named(raw: str, tmp_path: Path) -> None:
     path.write_text(raw)
     with pytest.raises(CheckpointError, match=f"cannot read the sensitivity table {path}"):
         SensitivityTable.load(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bits": 1}, r"bits: expected a bit-width from 2 to 8, got 1"),  # was a ZeroDivisionError
+        ({"bits": 0}, r"bits: .* got 0"),  # was all zeros
+        ({"bits": 9}, r"bits: .* got 9"),
+        ({"bits": True}, r"bits: .* got True"),
+        (
+            {"mode": "foo"},
+            r"mode: expected one of \['symmetric', 'asymmetric'\], got 'foo'",
+        ),  # was asymmetric
+        ({"init": "foo"}, r"init: expected one of \['minmax', 'mse'\], got 'foo'"),  # was mse
+        ({"per_channel": "no"}, r"per_channel: expected a boolean"),
+    ],
+)
+def test_quantized_weight_refuses_an_unsupported_format(kwargs: dict, match: str) -> None:
+    from nncf_ext.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        quantized_weight(torch.randn(4, 4), **{"bits": 4, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"candidate_bits": [1]}, r"candidate_bits\[0\]: expected a bit-width from 2 to 8, got 1"),
+        ({"candidate_bits": [4, 9]}, r"candidate_bits\[1\]: .* got 9"),
+        ({"candidate_bits": []}, r"candidate_bits: expected a list of bit-widths"),
+        ({"candidate_bits": "48"}, r"candidate_bits: expected a list of bit-widths"),
+        ({"mode": "foo"}, r"mode: .* got 'foo'"),
+        ({"init": "foo"}, r"init: .* got 'foo'"),
+        ({"modules": {}}, r"modules: no modules to measure"),  # a raw autograd error for the Hessian
+        ({"modules": {"head": []}}, r"modules: module 'head' has no weights"),
+    ],
+)
+@pytest.mark.parametrize("method", ["metric", "hessian"])
+def test_sensitivity_refuses_bad_arguments_before_measuring(
+    kwargs: dict, match: str, method: str, tmp_path: Path
+) -> None:
+    from nncf_ext.errors import ConfigError
+
+    model, modules, x = setup()
+    calls: list[int] = []
+
+    def evaluate() -> float:
+        calls.append(1)
+        return 0.0
+
+    def loss() -> torch.Tensor:
+        calls.append(1)
+        return model(x).pow(2).mean()
+
+    args = {"modules": modules, "candidate_bits": BITS, "cache": tmp_path / "s.json", **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        if method == "metric":
+            measure_sensitivity(model, evaluate=evaluate, **args)
+        else:
+            hessian_sensitivity(model, loss_fn=loss, samples=2, **args)
+    assert not calls and not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("samples", [0, -1, True, 2.5])
+def test_hessian_samples_must_be_a_positive_count(samples: object, tmp_path: Path) -> None:
+    """``samples=0`` made every trace, and so every cost, 0.0; a table cached so is not reused either."""
+    from nncf_ext.errors import ConfigError
+
+    model, modules, x = setup()
+    settings = {"samples": samples, "traces": "eval", "mode": "symmetric", "per_channel": True, "init": "mse"}
+    costs = {m: dict.fromkeys(BITS, 0.0) for m in modules}
+    weights = {m: [f"{w.name}:{list(w.shape)}" for w in ws] for m, ws in modules.items()}
+    SensitivityTable("hessian", 0.0, costs, weights, settings).save(tmp_path / "h.json")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="samples: expected a number of samples >= 1"):
+        hessian_sensitivity(
+            model,
+            modules,
+            BITS,
+            lambda: model(x).pow(2).mean(),
+            samples=samples,  # type: ignore[arg-type]
+            cache=tmp_path / "h.json",
+        )
+    with pytest.raises(ConfigError, match="samples: expected a number of samples >= 1"):
+        hessian_traces(model, modules, lambda: model(x).pow(2).mean(), samples=samples)  # type: ignore[arg-type]
+
+
+def test_a_failed_evaluation_is_recorded_and_ranked_most_sensitive() -> None:
+    """NaN with a module quantized is a failed evaluation (the README: it rules that width out), recorded as
+    such; ``order`` ranks it most sensitive, where a NaN sort key left the order arbitrary."""
+    from nncf_ext.mqat.algo import allocation_costs
+
+    model, modules, _ = setup()
+    calls = iter(range(100))
+
+    def evaluate() -> float:  # the baseline, then backbone, fpn and head at 2, 4 and 8 bits: fpn at 2 fails
+        return float("nan") if next(calls) == 4 else 1.0
+
+    table = measure_sensitivity(model, modules, BITS, evaluate)
+    assert math.isnan(table.costs["fpn"][2]) and table.costs["fpn"][4] == 0.0
+    assert table.order()[-1] == "fpn"
+    assert table.order({"fpn": 4})[-1] != "fpn"
+    assert allocation_costs(table.costs["fpn"])[2] == math.inf
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "good"])
+def test_a_baseline_that_is_not_a_finite_number_is_refused(value: object) -> None:
+    from nncf_ext.errors import ModelError
+
+    model, modules, _ = setup()
+    with pytest.raises(ModelError, match=r"evaluate\(\) returned .* at full precision"):
+        measure_sensitivity(model, modules, BITS, lambda: value)  # type: ignore[arg-type,return-value]
+
+
+def test_an_evaluation_that_is_not_a_number_names_the_module_and_bits() -> None:
+    from nncf_ext.errors import ModelError
+
+    model, modules, _ = setup()
+    results = iter([1.0, None])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ModelError, match=r"evaluate\(\) returned None with module 'backbone' at 2 bits"):
+        measure_sensitivity(model, modules, BITS, lambda: next(results))  # type: ignore[arg-type,return-value]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # weights restored
+
+
+def test_a_non_finite_hessian_cost_is_refused_naming_the_module() -> None:
+    """A loss that is NaN gave NaN traces, stored as every cost."""
+    from nncf_ext.errors import ModelError
+
+    model, modules, x = setup()
+    with pytest.raises(ModelError, match=r"Hessian sensitivity of module 'backbone' at 2 bits is nan"):
+        hessian_sensitivity(model, modules, BITS, lambda: model(x).pow(2).mean() * float("nan"), samples=2)
+
+
+def test_order_at_a_width_not_measured_is_named() -> None:
+    from nncf_ext.errors import ConfigError
+
+    table = SensitivityTable("metric", 1.0, {"head": {4: 0.5, 8: 0.0}, "fpn": {4: 0.1, 8: 0.0}})
+    assert table.order({"head": 8}) == ["head", "fpn"]
+    with pytest.raises(ConfigError, match="module 'head' was not measured at 2 bits"):
+        table.order({"head": 2})
