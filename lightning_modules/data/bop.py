@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -104,6 +104,88 @@ def _key_id(key: str, where: str, what: str = "image") -> int:
     return int(key)
 
 
+ROTATION_TOLERANCE = 2e-3
+"""Largest ``|R R^T - I|`` entry of a stored rotation: BOP files keep a handful of decimals (3-decimal entries
+deviate by up to ~1.7e-3), a scaled or sheared matrix far more."""
+
+
+def _finite(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """``_matrix`` whose entries must all be finite."""
+    m = _matrix(value, shape, where)
+    if not np.isfinite(m).all():
+        raise DataError(f"{where}: not finite ({m.reshape(-1).tolist()})")
+    return m
+
+
+def _check_rotation(R: np.ndarray, where: str) -> None:
+    """A DataError unless ``R`` (3 x 3, finite) is a rotation up to ``ROTATION_TOLERANCE``."""
+    error = float(np.abs(R @ R.T - np.eye(3)).max())
+    if error > ROTATION_TOLERANCE:
+        raise DataError(f"{where}: not a rotation (R R^T differs from I by {error:.3g})")
+    if np.linalg.det(R) < 0:
+        raise DataError(f"{where}: a reflection (determinant -1), not a rotation")
+
+
+def _check_camera(K: np.ndarray, where: str) -> None:
+    """A DataError unless ``K`` (3 x 3, finite) is ``[[fx, s, cx], [0, fy, cy], [0, 0, 1]]``, fx, fy > 0."""
+    pinhole = np.allclose(K[[1, 2, 2, 2], [0, 0, 1, 2]], [0, 0, 0, 1], rtol=0, atol=1e-6)
+    if not (pinhole and K[0, 0] > 0 and K[1, 1] > 0):
+        raise DataError(
+            f"{where}: expected [fx, s, cx, 0, fy, cy, 0, 0, 1] with fx, fy > 0, got {K.reshape(-1).tolist()}"
+        )
+
+
+def _check_symmetries(symmetries: Symmetries, where: str) -> None:
+    """Discrete symmetries must be rigid transforms, continuous ones need a finite non-zero axis."""
+    for i, m in enumerate(symmetries.discrete):
+        at = f"{where}.symmetries_discrete[{i}]"
+        if not np.isfinite(m).all():
+            raise DataError(f"{at}: not finite")
+        if not np.allclose(m[3], [0, 0, 0, 1], rtol=0, atol=1e-6):
+            raise DataError(f"{at}: last row must be [0, 0, 0, 1], got {m[3].tolist()}")
+        _check_rotation(m[:3, :3], at)
+    for i, (axis, offset) in enumerate(symmetries.continuous):
+        at = f"{where}.symmetries_continuous[{i}]"
+        if not (np.isfinite(axis).all() and np.isfinite(offset).all()):
+            raise DataError(f"{at}: axis and offset must be finite")
+        if np.linalg.norm(axis) < 1e-9:
+            raise DataError(f"{at}: axis {axis.tolist()} has no direction")
+
+
+def _positive_int(value: Any) -> bool:
+    """An int or a numpy integer >= 1; a bool is not an integer here."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
+
+
+def check_obj_ids(obj_ids: Sequence[int] | None) -> list[int] | None:
+    """``obj_ids`` as a list of distinct positive ints (numpy integers too, not bools), or None."""
+    if obj_ids is None:
+        return None
+    if isinstance(obj_ids, (str, bytes)) or not isinstance(obj_ids, Iterable):
+        raise ConfigError("obj_ids", f"must be a list of object ids, got {obj_ids!r}")
+    ids = list(obj_ids)
+    if not ids or not all(_positive_int(i) for i in ids):
+        raise ConfigError("obj_ids", f"must be a non-empty list of positive integers, got {ids!r}")
+    repeated = sorted({int(i) for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ConfigError("obj_ids", f"lists {repeated} more than once (each id is one class)")
+    return [int(i) for i in ids]
+
+
+def check_image_size(image_size: Sequence[int] | None) -> tuple[int, int] | None:
+    """``image_size`` as ``(height, width)`` positive ints, or None (images as stored)."""
+    if image_size is None:
+        return None
+    if (
+        isinstance(image_size, (str, bytes))
+        or not isinstance(image_size, Sequence)
+        or len(image_size) != 2
+        or not all(_positive_int(v) for v in image_size)
+    ):
+        raise ConfigError("image_size", f"must be (height, width), two positive integers, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
 def _object(value: Any, where: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise DataError(f"{where}: expected a JSON {'object' if kind is dict else 'list'}, got {value!r:.60}")
@@ -116,6 +198,7 @@ def load_models(
     """Read ``models_info.json`` and the PLY models (through trimesh) of ``obj_ids`` (default: all), with
     their ``keypoints`` (``keypoints.model_keypoints``)."""
     check_keypoints_kind(keypoints)  # before any file is read
+    obj_ids = check_obj_ids(obj_ids)
     models_dir = Path(models_dir)
     info_path = models_dir / "models_info.json"
     info = read_json(info_path)
@@ -141,6 +224,7 @@ def load_models(
             symmetries = Symmetries.from_models_info(entry)
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{info_path}: bad symmetries for obj_id {obj_id} ({exc})") from exc
+        _check_symmetries(symmetries, f"{info_path}[{obj_id}]")
         diameter = _number(entry["diameter"], f"{info_path}[{obj_id}].diameter", minimum=1e-9)
         models[obj_id] = ObjectModel(obj_id, points, diameter, symmetries, model_keypoints(points, keypoints))
     return models
@@ -150,6 +234,8 @@ def load_annotations(
     split_dir: str | Path, obj_ids: Sequence[int] | None = None, min_visib_fract: float = 0.0
 ) -> list[Annotation]:
     """All instances of ``obj_ids`` in every scene of a split, ordered by (scene, image, gt index)."""
+    obj_ids = check_obj_ids(obj_ids)
+    min_visib_fract = check_float(min_visib_fract, "min_visib_fract", 0.0, 1.0)
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: split directory not found")
@@ -168,7 +254,8 @@ def load_annotations(
             camera = scene_cam.get(key)
             if not isinstance(camera, dict) or "cam_K" not in camera:
                 raise DataError(f"{cam_path}: no cam_K for image {key}")
-            K = _matrix(camera["cam_K"], (3, 3), f"{cam_path}[{key}].cam_K")
+            K = _finite(camera["cam_K"], (3, 3), f"{cam_path}[{key}].cam_K")
+            _check_camera(K, f"{cam_path}[{key}].cam_K")
             infos = _object(scene_info.get(key, []), f"{info_path}[{key}]", list)
             for gt_idx, gt in enumerate(_object(scene_gt[key], f"{gt_path}[{key}]", list)):
                 where = f"{gt_path}[{key}][{gt_idx}]"
@@ -186,8 +273,9 @@ def load_annotations(
                     visib = _number(info["visib_fract"], f"{info_where}.visib_fract", maximum=1.0)
                 if visib is not None and visib < min_visib_fract:
                     continue
-                R = _matrix(gt["cam_R_m2c"], (3, 3), f"{where}.cam_R_m2c")
-                t = _matrix(gt["cam_t_m2c"], (3,), f"{where}.cam_t_m2c")
+                R = _finite(gt["cam_R_m2c"], (3, 3), f"{where}.cam_R_m2c")
+                _check_rotation(R, f"{where}.cam_R_m2c")
+                t = _finite(gt["cam_t_m2c"], (3,), f"{where}.cam_t_m2c")
                 out.append(Annotation(scene, int(key), gt_idx, obj_id, R, t, K, visib))
     return out
 
@@ -234,14 +322,15 @@ class _BopDataset(Dataset):
         min_visib_fract: float = 0.0,
         keypoints: str = "bbox",
     ) -> None:
+        self.image_size = check_image_size(image_size)  # arguments first, then the files
+        obj_ids = check_obj_ids(obj_ids)
         self.root = Path(root)
         self.models = load_models(self.root / "models", obj_ids, keypoints)
-        self.obj_ids = sorted(self.models) if obj_ids is None else list(obj_ids)
+        self.obj_ids = sorted(self.models) if obj_ids is None else obj_ids
         self.label_of = {obj_id: i for i, obj_id in enumerate(self.obj_ids)}
         self.annotations = load_annotations(self.root / split, self.obj_ids, min_visib_fract)
         if not self.annotations:
             raise DataError(f"{self.root / split}: no annotations of objects {self.obj_ids}")
-        self.image_size = image_size
 
     def keypoints_3d(self) -> np.ndarray:
         """(C, 9, 3) model keypoints in class order, for decoding predictions."""
@@ -250,14 +339,14 @@ class _BopDataset(Dataset):
     def _image(self, scene_dir: Path, im_id: int) -> tuple[np.ndarray, tuple[int, int]]:
         rgb = read_rgb(scene_dir, im_id)
         src = (rgb.shape[0], rgb.shape[1])
-        if self.image_size is not None and src != tuple(self.image_size):
+        if self.image_size is not None and src != self.image_size:
             rgb = cv2.resize(rgb, (self.image_size[1], self.image_size[0]), interpolation=cv2.INTER_AREA)
         return rgb, src
 
     def _camera(self, K: np.ndarray, src: tuple[int, int]) -> np.ndarray:
-        if self.image_size is None or src == tuple(self.image_size):
+        if self.image_size is None or src == self.image_size:
             return K
-        return resize_camera(K, src, (self.image_size[0], self.image_size[1]))
+        return resize_camera(K, src, self.image_size)
 
     def _mask(self, scene_dir: Path, im_id: int, gt_idx: int, hw: tuple[int, int]) -> np.ndarray:
         mask = read_mask(scene_dir, im_id, gt_idx)
@@ -292,9 +381,8 @@ class BopTrainDataset(_BopDataset):
         augment: PoseAugment | None = None,
         keypoints: str = "bbox",
     ) -> None:
+        max_instances = check_int(max_instances, "max_instances", 1)  # before any file is read
         super().__init__(root, split, obj_ids, image_size, min_visib_fract, keypoints)
-        if max_instances < 1:
-            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
         self.max_instances = max_instances
         images: dict[tuple[Path, int], list[Annotation]] = {}
         for ann in self.annotations:

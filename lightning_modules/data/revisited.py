@@ -31,6 +31,21 @@ ORIGINAL_KEYS = ("ok", "junk")  # the original Oxford5k / Paris6k format (plus "
 INDEX_KEYS = ("easy", "hard", "junk", "good", "ok")
 
 
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` >= ``minimum`` (numpy integers too; a bool or a float is refused), else a
+    DataError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise DataError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _names(value: Any, path: Path, key: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+        raise DataError(f"{path}: {key!r} must be a list of names, got {value!r:.60}")
+    return list(value)
+
+
 def positives_of(entry: dict[str, Any]) -> list[int]:
     """Database indices of a query's place: easy + hard (revisited), or good + ok (original)."""
     keys = ("easy", "hard") if "easy" in entry else ("good", "ok")
@@ -79,7 +94,9 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
         raise DataError(f"{path}: cannot unpickle ({e})") from e
     if not isinstance(raw, dict) or any(k not in raw for k in ("imlist", "qimlist", "gnd")):
         raise DataError(f"{path}: expected a dict with 'imlist', 'qimlist' and 'gnd'")
-    imlist, qimlist = [str(s) for s in raw["imlist"]], [str(s) for s in raw["qimlist"]]
+    imlist, qimlist = _names(raw["imlist"], path, "imlist"), _names(raw["qimlist"], path, "qimlist")
+    if not isinstance(raw["gnd"], (list, tuple)):
+        raise DataError(f"{path}: 'gnd' must be a list of per-query dicts, got {raw['gnd']!r:.60}")
     if len(raw["gnd"]) != len(qimlist):
         raise DataError(f"{path}: {len(raw['gnd'])} gnd entries for {len(qimlist)} queries")
     gnd = []
@@ -99,6 +116,9 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
             raise DataError(f"{path}: gnd[{q}]['bbx'] is not numeric ({e})") from e
         if bbx.size != 4 or not np.isfinite(bbx).all():
             raise DataError(f"{path}: gnd[{q}]['bbx'] must have 4 finite numbers [x1, y1, x2, y2]")
+        # read_image's crop, before it clips to the image: empty here is empty in any image
+        if round(bbx[2]) <= max(0, round(bbx[0])) or round(bbx[3]) <= max(0, round(bbx[1])):
+            raise DataError(f"{path}: gnd[{q}]['bbx'] {bbx.tolist()} is empty (needs x2 > x1, y2 > y1)")
         clean: dict[str, Any] = {"bbx": bbx.tolist()}
         for key in (k for k in INDEX_KEYS if k in entry):
             try:
@@ -159,6 +179,8 @@ class PoolImages(Dataset):
         include_queries: bool = True,
         cache_bytes: int = 512 * 2**20,
     ) -> None:
+        image_size = check_positive_int(image_size, "PoolImages: image_size")
+        cache_bytes = check_positive_int(cache_bytes, "PoolImages: cache_bytes", minimum=0)
         self.data = data
         self.image_size = image_size
         self.include_queries = include_queries
@@ -229,8 +251,7 @@ class TrainingTuples(Dataset):
         seed: int = 0,
         augment: bool = False,
     ) -> None:
-        if num_negatives < 1:
-            raise DataError(f"{data.name}: num_negatives must be >= 1, got {num_negatives}")
+        num_negatives = check_positive_int(num_negatives, f"{data.name}: num_negatives")
         self.data = data
         self.pool = PoolImages(data, image_size)
         self.num_negatives = num_negatives
@@ -267,15 +288,24 @@ class TrainingTuples(Dataset):
         neg = torch.multinomial((~self.forbidden).float(), num_negatives, generator=g)
         self.tuples = torch.cat([anchors[:, None], pos, neg], 1)
 
-    def set_tuples(self, tuples: torch.Tensor) -> None:
-        """Replace the tuples, ``(n, 2 + num_negatives)`` pool indices (anchor, positive, negatives...)."""
-        if tuples.ndim != 2 or tuples.shape[1] != 2 + self.num_negatives:
+    def set_tuples(self, tuples: torch.Tensor | np.ndarray | Sequence[Sequence[int]]) -> None:
+        """Replace the tuples, ``(n, 2 + num_negatives)`` pool indices (anchor, positive, negatives...);
+        float indices must be whole numbers (never truncated)."""
+        try:
+            arr = np.asarray(tuples.detach().cpu() if isinstance(tuples, torch.Tensor) else tuples)
+        except (TypeError, ValueError) as e:
             raise DataError(
-                f"tuples must have shape (n, {2 + self.num_negatives}), got {tuple(tuples.shape)}"
-            )
-        if tuples.numel() and (tuples.min() < 0 or tuples.max() >= len(self.pool)):
+                f"tuples must be an (n, {2 + self.num_negatives}) array of pool indices ({e})"
+            ) from e
+        if arr.ndim != 2 or arr.shape[1] != 2 + self.num_negatives:
+            raise DataError(f"tuples must have shape (n, {2 + self.num_negatives}), got {arr.shape}")
+        try:
+            flat = index_array(arr, "tuples")
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self.pool)):
             raise DataError(f"tuple indices must lie in the pool of {len(self.pool)} images")
-        self.tuples = tuples.detach().cpu().long()
+        self.tuples = torch.from_numpy(flat.reshape(arr.shape))
 
     def __len__(self) -> int:
         return len(self.tuples)

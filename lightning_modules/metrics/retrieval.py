@@ -14,7 +14,8 @@ database order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,15 +43,33 @@ def index_array(values: Any, where: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _whole(k: Any) -> bool:
+    """An integer (a bool is not), or a finite float with an integral value."""
+    if isinstance(k, (bool, np.bool_)):
+        return False
+    if isinstance(k, (int, np.integer)):
+        return True
+    return isinstance(k, (float, np.floating)) and math.isfinite(k) and float(k).is_integer()
+
+
 def _indices(entry: Mapping[str, Any], key: str, query: int) -> torch.Tensor:
     if key not in entry:
         raise ValueError(f"gnd[{query}] has no {key!r} list (keys: {sorted(entry)})")
     return torch.as_tensor(index_array(entry[key], f"gnd[{query}][{key!r}]"))
 
 
+def _check_gnd(gnd: Sequence[Mapping[str, Any]]) -> None:
+    if isinstance(gnd, (str, bytes, Mapping)) or not isinstance(gnd, Sequence):
+        raise ValueError(f"gnd must be a list of per-query dicts, got {type(gnd).__name__}")
+    bad = next((q for q, entry in enumerate(gnd) if not isinstance(entry, Mapping)), None)
+    if bad is not None:
+        raise ValueError(f"gnd[{bad}] must be a dict, got {type(gnd[bad]).__name__}")
+
+
 def default_protocols(gnd: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
     """``("original",)`` for Oxford5k / Paris6k ground truth (``ok`` lists, no ``easy``), else the revisited
     ``("easy", "medium", "hard")``."""
+    _check_gnd(gnd)
     original = bool(gnd) and all("ok" in entry and "easy" not in entry for entry in gnd)
     return ("original",) if original else ("easy", "medium", "hard")
 
@@ -65,9 +84,10 @@ def _check_protocols(protocols: Sequence[str]) -> tuple[str, ...]:
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(ks, int) or not ks or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
+    values = list(ks) if isinstance(ks, Iterable) and not isinstance(ks, (str, bytes, Mapping)) else []
+    if not values or not all(_whole(k) and k >= 1 for k in values):
         raise ValueError(f"ks must be a sequence of positive integers, got {ks!r}")
-    return tuple(int(k) for k in ks)
+    return tuple(int(k) for k in values)
 
 
 def ground_truth_masks(
@@ -85,8 +105,13 @@ def ground_truth_masks(
         "hard": (("hard",), ("junk", "easy")),
         "original": (("good", "ok"), ("junk",)),
     }
-    if protocol not in keys:
+    if not isinstance(protocol, str) or protocol not in keys:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if isinstance(num_database, (bool, np.bool_)) or not isinstance(num_database, (int, np.integer)):
+        raise ValueError(f"num_database must be an integer, got {num_database!r}")
+    if num_database < 0:
+        raise ValueError(f"num_database must be >= 0, got {num_database}")
+    _check_gnd(gnd)
     pos_keys, junk_keys = keys[protocol]
     positives = torch.zeros(len(gnd), num_database, dtype=torch.bool)
     junk = torch.zeros_like(positives)
@@ -194,6 +219,7 @@ def revisited_map(
     Row ``i`` of ``query_descriptors`` is the query ``gnd[i]``; database rows are the indices used in ``gnd``.
     A protocol where no query has positives gives NaN. ``protocols`` defaults to :func:`default_protocols`.
     """
+    _check_gnd(gnd)
     protocols = default_protocols(gnd) if protocols is None else _check_protocols(protocols)
     ks = _check_ks(ks)
     if len(gnd) != len(query_descriptors):
@@ -255,22 +281,35 @@ class RevisitedMAP(Metric):
     ) -> None:
         """Record a batch of descriptors with their query / database indices."""
         desc = _as_tensor(descriptors, "descriptors").to(self.device)
-        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor) else indices)
-        idx = idx.reshape(-1).long().to(self.device)
+        dims = self._recorded_dims()
+        if dims is not None and desc.shape[1] != dims:
+            raise ValueError(f"descriptors have {desc.shape[1]} dims, earlier batches had {dims}")
+        raw = indices.detach().cpu().numpy() if isinstance(indices, torch.Tensor) else indices
+        idx = torch.from_numpy(index_array(raw, "indices")).to(self.device)
         if idx.numel() != desc.shape[0]:
             raise ValueError(f"{desc.shape[0]} descriptors but {idx.numel()} indices")
-        flags = torch.as_tensor(
-            np.asarray(is_query) if not isinstance(is_query, torch.Tensor) else is_query, device=self.device
-        )
-        flags = (
-            flags.reshape(-1).bool().expand(idx.numel()) if flags.numel() == 1 else flags.reshape(-1).bool()
-        )
+        flags_np = np.asarray(is_query.detach().cpu() if isinstance(is_query, torch.Tensor) else is_query)
+        if flags_np.dtype.kind != "b" and not (
+            flags_np.dtype.kind in "iu" and np.isin(flags_np, (0, 1)).all()
+        ):
+            raise ValueError(f"is_query must be a bool or per-row bools, got {is_query!r:.60}")
+        flags = torch.from_numpy(flags_np.astype(bool).reshape(-1)).to(self.device)
+        flags = flags.expand(idx.numel()) if flags.numel() == 1 else flags
         if flags.numel() != idx.numel():
             raise ValueError(f"is_query has {flags.numel()} entries for {idx.numel()} descriptors")
         self.query_desc.append(desc[flags])
         self.query_idx.append(idx[flags])
         self.db_desc.append(desc[~flags])
         self.db_idx.append(idx[~flags])
+
+    def _recorded_dims(self) -> int | None:
+        """Descriptor dims of the batches recorded so far (None before the first)."""
+        for state in (self.query_desc, self.db_desc):
+            if isinstance(state, torch.Tensor):
+                return int(state.shape[1]) if state.ndim == 2 else None
+            if state:
+                return int(state[0].shape[1])
+        return None
 
     @staticmethod
     def _assemble(

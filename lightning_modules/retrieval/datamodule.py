@@ -14,6 +14,7 @@ from lightning_modules.data.revisited import (
     RevisitedData,
     RevisitedEvalSet,
     TrainingTuples,
+    check_positive_int,
     load_revisited,
 )
 from lightning_modules.metrics.retrieval import RevisitedMAP
@@ -42,6 +43,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        for name, value, minimum in (
+            ("image_size", image_size, 1),
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("num_negatives", num_negatives, 1),
+            ("num_workers", num_workers, 0),
+        ):  # before the data sets are read
+            check_positive_int(value, f"RetrievalDataModule: {name}", minimum)
         self.train_data = train if isinstance(train, RevisitedData) else load_revisited(train)
         self.val_data = test if isinstance(test, RevisitedData) else load_revisited(test)
         self.image_size = image_size

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -13,6 +15,12 @@ from lightning_modules.retrieval.backbones import BACKBONES, ConvFeatures
 from lightning_modules.retrieval.netvlad import NetVLAD
 from lightning_modules.retrieval.whitening import PCAWhitening
 from nncf_ext.errors import ModelError
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, numpy's included; a bool is not one here."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
 
 ARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "small": {"num_clusters": 16, "whitening_dim": 256},
@@ -112,12 +120,31 @@ def build_retrieval_net(
     Defaults: ``small`` K=16 -> 256-D; ``alexnet`` / ``vgg16`` K=64 -> 4096-D (AlexNet: 69.6 M parameters).
     ``backbone_kwargs`` go to the backbone (``widths``, ``batch_norm`` for ``small``).
     """
-    if arch not in BACKBONES:
+    if not isinstance(arch, str) or arch not in BACKBONES:
         raise ModelError(f"unknown retrieval architecture {arch!r}; expected one of {sorted(BACKBONES)}")
+    for name, value in (("num_clusters", num_clusters), ("whitening_dim", whitening_dim)):
+        if value is not None and not _is_int(value):  # the range is checked by NetVLAD / PCAWhitening
+            raise ModelError(f"{name} must be a positive integer, got {value!r}")
+    accepted = [p for p in inspect.signature(BACKBONES[arch]).parameters if p != "self"]
+    unknown = sorted(set(backbone_kwargs) - set(accepted))
+    if unknown:
+        raise ModelError(f"the {arch!r} backbone takes {accepted or 'no arguments'}, not {unknown}")
+    if "widths" in backbone_kwargs:
+        widths = backbone_kwargs["widths"]
+        if (
+            isinstance(widths, (str, bytes))
+            or not isinstance(widths, Sequence)
+            or not widths
+            or not all(_is_int(w) and w >= 1 for w in widths)
+        ):
+            raise ModelError(f"widths must be a non-empty sequence of positive integers, got {widths!r}")
+        backbone_kwargs = {**backbone_kwargs, "widths": tuple(int(w) for w in widths)}
+    if not isinstance(backbone_kwargs.get("batch_norm", True), bool):
+        raise ModelError(f"batch_norm must be a bool, got {backbone_kwargs['batch_norm']!r}")
     defaults = ARCH_DEFAULTS[arch]
     backbone = BACKBONES[arch](**backbone_kwargs)
-    clusters = defaults["num_clusters"] if num_clusters is None else num_clusters
+    clusters = defaults["num_clusters"] if num_clusters is None else int(num_clusters)
     netvlad = NetVLAD(clusters, backbone.out_channels)
-    dim = defaults["whitening_dim"] if whitening_dim is None else whitening_dim
+    dim = defaults["whitening_dim"] if whitening_dim is None else int(whitening_dim)
     whitening = PCAWhitening(netvlad.out_features, dim)
     return RetrievalNet(backbone, netvlad, whitening)

@@ -258,3 +258,163 @@ def test_cache_serves_decoded_items_without_rereading(bop_root: Path) -> None:
     assert all(torch.equal(first[k], again[k]) for k in first)
     with pytest.raises(DataError, match="000000"):
         ds[0]  # never read, so it is not cached
+
+
+@pytest.mark.parametrize("image_size", [(0, 0), (-3, 32), (32,), (32.5, 32), (True, 32), "32x32", 32])
+@pytest.mark.parametrize("dataset", [BopEvalDataset, BopTrainDataset, BopImageEvalDataset])
+def test_image_size_is_checked_in_the_constructor(bop_root: Path, dataset: type, image_size: Any) -> None:
+    """Was a raw cv2.error or IndexError at the first item."""
+    with pytest.raises(ConfigError, match=r"image_size: must be \(height, width\), two positive integers"):
+        dataset(bop_root, "test", image_size=image_size)
+    assert dataset(bop_root, "test", image_size=[32, 48])[0]["image"].shape[-2:] == (32, 48)  # a list (YAML)
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "message"),
+    [
+        (
+            "scene_gt.json",
+            lambda d: d["0"][0].update(cam_t_m2c=[float("nan"), 0, 400]),
+            r"scene_gt.json\[0\]\[0\].cam_t_m2c: not finite",
+        ),
+        (
+            "scene_gt.json",
+            lambda d: d["1"][0].update(cam_t_m2c=[0, float("inf"), 400]),
+            r"\[1\]\[0\].cam_t_m2c",
+        ),
+        (
+            "scene_gt.json",
+            lambda d: d["0"][0]["cam_R_m2c"].__setitem__(4, float("nan")),
+            "cam_R_m2c: not finite",
+        ),
+        (
+            "scene_gt.json",
+            lambda d: d["0"][0].update(cam_R_m2c=[0] * 9),
+            r"\[0\]\[0\].cam_R_m2c: not a rotation",
+        ),
+        (
+            "scene_gt.json",
+            lambda d: d["0"][0].update(cam_R_m2c=[v * 1.01 for v in d["0"][0]["cam_R_m2c"]]),  # scaled
+            "cam_R_m2c: not a rotation",
+        ),
+        (
+            "scene_gt.json",
+            lambda d: d["0"][0].update(cam_R_m2c=[-v for v in d["0"][0]["cam_R_m2c"]]),
+            r"cam_R_m2c: a reflection \(determinant -1\)",
+        ),
+        (
+            "scene_camera.json",
+            lambda d: d["0"].update(cam_K=[0] * 9),
+            r"scene_camera.json\[0\].cam_K: expected",
+        ),
+        (
+            "scene_camera.json",
+            lambda d: d["1"]["cam_K"].__setitem__(2, float("nan")),
+            r"\[1\].cam_K: not finite",
+        ),
+        ("scene_camera.json", lambda d: d["0"]["cam_K"].__setitem__(8, 0.0), r"cam_K: expected \[fx, s, cx"),
+        ("scene_camera.json", lambda d: d["0"]["cam_K"].__setitem__(4, -110.0), r"fx, fy > 0"),
+    ],
+)
+def test_non_finite_or_degenerate_poses_and_cameras_are_named(
+    bop_root: Path, file: str, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    path = bop_root / "test" / "000003" / file
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # NaN / Infinity as Python's json writes them
+    with pytest.raises(DataError, match=message):
+        BopEvalDataset(bop_root, "test")
+
+
+def test_rotations_stored_with_few_decimals_still_load(bop_root: Path) -> None:
+    """BOP files keep a handful of decimals; 3 decimals deviate from a rotation by ~1e-3, and still load."""
+    path = bop_root / "test" / "000003" / "scene_gt.json"
+    gt = json.loads(path.read_text())
+    gt["0"][0]["cam_R_m2c"] = [round(v, 3) for v in gt["0"][0]["cam_R_m2c"]]
+    # LINEMOD test image 0 of object 1, as the BOP release stores it
+    gt["1"][0]["cam_R_m2c"] = [0.0963063, 0.99404401, 0.0510079, 0.57332098, -0.0135081, -0.81922001]
+    gt["1"][0]["cam_R_m2c"] += [-0.81365103, 0.10814, -0.57120699]
+    path.write_text(json.dumps(gt))
+    ds = BopEvalDataset(bop_root, "test")
+    np.testing.assert_allclose(ds[0]["R"].numpy(), POSES[0][1], atol=5e-4)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            {"symmetries_continuous": [{"axis": [0, 0, 0], "offset": [0, 0, 0]}]},
+            r"models_info.json\[2\].symmetries_continuous\[0\]: axis \[0.0, 0.0, 0.0\] has no direction",
+        ),
+        (
+            {"symmetries_continuous": [{"axis": [0, 0, 1], "offset": [0, float("nan"), 0]}]},
+            "axis and offset must be finite",
+        ),
+        (
+            {"symmetries_discrete": [[2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1]]},  # a scaling
+            r"models_info.json\[2\].symmetries_discrete\[0\]: not a rotation",
+        ),
+        (
+            {"symmetries_discrete": [[-1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]]},  # a mirror
+            r"symmetries_discrete\[0\]: a reflection",
+        ),
+        (
+            {"symmetries_discrete": [[-1, 0, 0, 0, 0, -1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1]]},
+            r"symmetries_discrete\[0\]: last row must be \[0, 0, 0, 1\]",
+        ),
+        (
+            {"symmetries_discrete": [[-1, 0, 0, float("inf"), 0, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]]},
+            r"symmetries_discrete\[0\]: not finite",
+        ),
+    ],
+)
+def test_degenerate_symmetries_are_named(bop_root: Path, entry: dict[str, Any], message: str) -> None:
+    info_path = bop_root / "models" / "models_info.json"
+    info = json.loads(info_path.read_text())
+    info["2"] = {"diameter": info["2"]["diameter"], **entry}
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=message):
+        load_models(bop_root / "models")
+
+
+def test_real_discrete_symmetries_load(bop_root: Path) -> None:
+    """LINEMOD's eggbox (obj 10) symmetry, as models_info.json stores it (6 significant digits)."""
+    info_path = bop_root / "models" / "models_info.json"
+    info = json.loads(info_path.read_text())
+    eggbox = [-0.999964, -0.00333777, -0.0077452, 0.232611, 0.00321462, -0.999869, 0.0158593, 0.694388]
+    eggbox += [-0.00779712, 0.0158338, 0.999844, -0.0593306, 0, 0, 0, 1]
+    info["1"]["symmetries_discrete"] = [eggbox]
+    info_path.write_text(json.dumps(info))
+    assert load_models(bop_root / "models")[1].symmetric
+
+
+@pytest.mark.parametrize(
+    ("obj_ids", "message"),
+    [
+        (["1"], r"obj_ids: must be a non-empty list of positive integers, got \['1'\]"),
+        ([1, 1], r"obj_ids: lists \[1\] more than once"),
+        ([1.0], "positive integers"),
+        ([True], "positive integers"),
+        ([0], "positive integers"),
+        ([], "non-empty"),
+        ("12", "must be a list of object ids"),
+    ],
+)
+def test_obj_ids_must_be_distinct_positive_integers(bop_root: Path, obj_ids: Any, message: str) -> None:
+    """["1"] was a raw "Unknown format code 'd'"; [1, 1] silently made two classes of one object."""
+    with pytest.raises(ConfigError, match=message):
+        BopEvalDataset(bop_root, "test", obj_ids=obj_ids)
+    with pytest.raises(ConfigError, match=message):
+        load_models(bop_root / "models", obj_ids)
+    ds = BopEvalDataset(bop_root, "test", obj_ids=np.array([2, 1]))  # type: ignore[arg-type]  # numpy ids
+    assert ds.obj_ids == [2, 1] and ds.label_of == {2: 0, 1: 1}
+
+
+def test_other_dataset_arguments_are_checked_before_reading(bop_root: Path) -> None:
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="max_instances: "):
+            BopTrainDataset(bop_root, "test", max_instances=bad)  # type: ignore[arg-type]
+    for fraction in (1.5, "high", float("nan")):
+        with pytest.raises(ConfigError, match="min_visib_fract: "):
+            BopEvalDataset(bop_root, "test", min_visib_fract=fraction)  # type: ignore[arg-type]

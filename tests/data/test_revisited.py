@@ -21,6 +21,7 @@ from lightning_modules.data.revisited import (
     load_revisited,
 )
 from lightning_modules.metrics.retrieval import RevisitedMAP
+from lightning_modules.retrieval.datamodule import RetrievalDataModule
 from lightning_modules.retrieval.evaluation import evaluate
 from lightning_modules.retrieval.model import build_retrieval_net
 from nncf_ext.errors import DataError
@@ -240,3 +241,95 @@ def test_a_query_without_positives_is_no_anchor(tmp_path: Path) -> None:
     n = data.num_database
     assert n + 1 not in tuples.anchors.tolist()
     assert {n, n + 2} <= set(tuples.anchors.tolist())
+
+
+def test_image_sizes_and_counts_are_checked_in_the_constructors(dataset: tuple[Path, RenderedPlaces]) -> None:
+    """Were a raw cv2.error at the first item, or a TypeError deep in torch.multinomial."""
+    root = dataset[0]
+    data = load_revisited(root)
+    for size in (0, -5, 32.5, True, "32"):
+        with pytest.raises(DataError, match=r"PoolImages: image_size must be a positive integer, got"):
+            PoolImages(data, size)  # type: ignore[arg-type]
+        with pytest.raises(DataError, match="image_size must be a positive integer"):
+            RevisitedEvalSet(data, size)  # type: ignore[arg-type]
+    for count in (2.5, 0, True):
+        with pytest.raises(DataError, match=r"tiny: num_negatives must be a positive integer, got"):
+            TrainingTuples(data, 32, num_negatives=count)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"PoolImages: cache_bytes must be an integer >= 0, got -1"):
+        PoolImages(data, 32, cache_bytes=-1)
+    assert PoolImages(data, np.int64(8))[0][0].shape == (3, 8, 8)  # type: ignore[arg-type]  # numpy sizes
+    with pytest.raises(DataError, match="RetrievalDataModule: batch_size must be a positive integer, got 0"):
+        RetrievalDataModule(root, root, batch_size=0)
+    with pytest.raises(DataError, match=r"RetrievalDataModule: num_workers must be an integer >= 0, got -1"):
+        RetrievalDataModule(root, root, num_workers=-1)
+    with pytest.raises(DataError, match=r"RetrievalDataModule: image_size must be a positive integer"):
+        RetrievalDataModule(root, root, image_size=(64, 64))  # type: ignore[arg-type]
+
+
+def test_set_tuples_never_truncates_and_takes_lists(dataset: tuple[Path, RenderedPlaces]) -> None:
+    tuples = TrainingTuples(load_revisited(dataset[0]), image_size=32, num_negatives=2, seed=0)
+    before = tuples.tuples.clone()
+    for bad, message in (
+        (torch.tensor([[0.5, 1.7, 2.0, 3.0]]), r"tuples must hold integer image indices, got \[0.5"),
+        (np.array([[0, 1, 2, float("nan")]]), "integer image indices"),
+        (torch.ones(1, 4, dtype=torch.bool), "integer image indices"),
+        ([[0, 1, 2], [3, 4]], r"tuples must be an \(n, 4\) array of pool indices"),
+        ([[0, 1, 2, 99]], "must lie in the pool of 30 images"),
+        ([[0, 1, 2, -1]], "must lie in the pool of 30 images"),
+        (torch.zeros(3, dtype=torch.long), r"shape \(n, 4\), got \(3,\)"),
+    ):
+        with pytest.raises(DataError, match=message):
+            tuples.set_tuples(bad)
+        assert torch.equal(tuples.tuples, before)  # unchanged
+    tuples.set_tuples([[0, 1, 2, 3], [4, 5, 6, 7]])  # was an AttributeError
+    assert tuples.tuples.dtype == torch.long and tuples.tuples.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    tuples.set_tuples(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))  # whole floats are indices
+    assert tuples.tuples.tolist() == [[1, 2, 3, 4]] and tuples[0][1].tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"imlist": 5}, r"gnd_foreign\.pkl: 'imlist' must be a list of names, got 5"),
+        ({"imlist": None}, r"'imlist' must be a list of names, got None"),
+        ({"qimlist": 5}, r"'qimlist' must be a list of names, got 5"),
+        ({"qimlist": "abcd"}, r"'qimlist' must be a list of names, got 'abcd'"),  # was read letter by letter
+        ({"imlist": [0, 1]}, r"'imlist' must be a list of names"),
+        ({"gnd": 5}, r"gnd_foreign\.pkl: 'gnd' must be a list of per-query dicts, got 5"),
+        ({"gnd": {"0": {}}}, r"'gnd' must be a list of per-query dicts"),
+    ],
+)
+def test_foreign_ground_truth_containers_are_named(
+    dataset: tuple[Path, RenderedPlaces], tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    with open(dataset[0] / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    (tmp_path / "jpg").symlink_to(dataset[0] / "jpg")
+    with open(tmp_path / "gnd_foreign.pkl", "wb") as f:
+        pickle.dump({**raw, **change}, f)
+    with pytest.raises(DataError, match=message):
+        load_revisited(tmp_path)
+
+
+def test_an_empty_query_box_fails_at_load_not_at_read(
+    dataset: tuple[Path, RenderedPlaces], tmp_path: Path
+) -> None:
+    with open(dataset[0] / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    (tmp_path / "jpg").symlink_to(dataset[0] / "jpg")
+    good = raw["gnd"][1]["bbx"]
+    for bbx in (
+        [40, 40, 10, 10],
+        [10, 5, 50, 5],
+        [-20, 0, -5, 10],
+        [10.2, 0, 10.4, 30],
+    ):  # rounds to x1 == x2
+        raw["gnd"][1]["bbx"] = bbx
+        with open(tmp_path / "gnd_box.pkl", "wb") as f:
+            pickle.dump(raw, f)
+        with pytest.raises(DataError, match=r"gnd_box\.pkl: gnd\[1\]\['bbx'\] .* is empty"):
+            load_revisited(tmp_path)
+    raw["gnd"][1]["bbx"] = [-3.0, -2.0, *good[2:]]  # partly outside the image: cropped to it, as before
+    with open(tmp_path / "gnd_box.pkl", "wb") as f:
+        pickle.dump(raw, f)
+    assert load_revisited(tmp_path).gnd[1]["bbx"] == [-3.0, -2.0, *good[2:]]

@@ -230,3 +230,43 @@ def test_metric_gathers_across_ddp_processes() -> None:
     expected = {k: v.item() for k, v in revisited_map(q, db, gnd).items()}
     for rank in (0, 1):
         assert out[rank] == pytest.approx(expected)
+
+
+def test_update_refuses_truncated_indices_odd_flags_and_changing_dims() -> None:
+    """Float indices were truncated (0.7 -> 0); a dimension change failed only in compute() (torch.cat)."""
+    q, db, gnd = _data()
+    metric = RevisitedMAP(gnd, num_database=20)
+    with pytest.raises(ValueError, match=r"indices must hold integer image indices, got \[0.7, 1.2\]"):
+        metric.update(q[:2], [0.7, 1.2], True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="indices must hold integer image indices"):
+        metric.update(q[:2], torch.tensor([0.5, 1.0]), True)
+    for flag in ("yes", None, 2, torch.tensor([0.5, 1.0])):
+        with pytest.raises(ValueError, match="is_query must be a bool or per-row bools"):
+            metric.update(q[:2], [0, 1], flag)  # type: ignore[arg-type]
+    assert not metric.query_desc and not metric.db_desc  # nothing recorded by a refused batch
+    metric.update(q, [float(i) for i in range(6)], np.True_)  # type: ignore[arg-type]  # whole floats
+    with pytest.raises(ValueError, match="descriptors have 5 dims, earlier batches had 4"):
+        metric.update(torch.randn(20, 5), torch.arange(20), False)
+    metric.update(db, torch.arange(20), torch.zeros(20, dtype=torch.int64))  # 0 / 1 integers are flags
+    assert metric.compute()["mAP_medium"].item() == pytest.approx(
+        revisited_map(q, db, gnd)["mAP_medium"].item()
+    )
+
+
+def test_ground_truth_helpers_name_bad_arguments() -> None:
+    _, _, gnd = _data()
+    with pytest.raises(ValueError, match=r"gnd\[2\] must be a dict, got NoneType"):
+        RevisitedMAP([*gnd[:2], None], num_database=20)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"gnd\[0\] must be a dict, got NoneType"):
+        ground_truth_masks([None], 20)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="gnd must be a list of per-query dicts, got int"):
+        default_protocols(5)  # type: ignore[arg-type]
+    for ks in ([float("inf")], [float("nan")], ["5"], [True], "15", 5, [2.5]):
+        with pytest.raises(ValueError, match="ks must be a sequence of positive integers"):
+            RevisitedMAP(gnd, num_database=20, ks=ks)  # type: ignore[arg-type]
+    assert RevisitedMAP(gnd, num_database=20, ks=[1, 5.0, np.int64(10)]).ks == (1, 5, 10)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="num_database must be >= 0, got -1"):
+        ground_truth_masks(gnd, -1)
+    for n in (2.5, True, "20"):
+        with pytest.raises(ValueError, match="num_database must be an integer"):
+            RevisitedMAP(gnd, num_database=n)  # type: ignore[arg-type]

@@ -79,3 +79,42 @@ def test_a_failed_init_from_images_leaves_the_model_as_it_was(monkeypatch: pytes
     with pytest.raises(ModelError, match="whitening failed"):
         model.init_from_images([torch.randn(20, 3, 16, 16)])
     assert unchanged() and model.training
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "message"),
+    [
+        ("small", {"num_clusters": 2.5}, "num_clusters must be a positive integer, got 2.5"),
+        ("small", {"num_clusters": "4"}, "num_clusters must be a positive integer, got '4'"),
+        ("small", {"num_clusters": True}, "num_clusters must be a positive integer, got True"),
+        ("small", {"whitening_dim": 12.5}, "whitening_dim must be a positive integer, got 12.5"),
+        (
+            "small",
+            {"widths": (8, 4.5)},
+            r"widths must be a non-empty sequence of positive integers, got \(8, 4.5\)",
+        ),
+        ("small", {"widths": 8}, "widths must be a non-empty sequence of positive integers, got 8"),
+        ("small", {"widths": ()}, "widths must be a non-empty sequence"),
+        ("small", {"widths": (8, True)}, "widths must be a non-empty sequence"),
+        ("small", {"batch_norm": "no"}, "batch_norm must be a bool, got 'no'"),
+        ("small", {"width": (8,)}, r"the 'small' backbone takes \['widths', 'batch_norm'\], not \['width'\]"),
+        ("alexnet", {"widths": (8,)}, r"the 'alexnet' backbone takes no arguments, not \['widths'\]"),
+        (["small"], {}, r"unknown retrieval architecture \['small'\]"),
+    ],
+)
+def test_wrongly_typed_sizes_are_named(arch: object, kwargs: dict[str, object], message: str) -> None:
+    """2.5 clusters or widths were a misleading "out_channels must be divisible by groups"; others TypeErrors."""
+    with pytest.raises(ModelError, match=message):
+        build_retrieval_net(arch, **kwargs)  # type: ignore[arg-type]
+
+
+def test_numpy_integer_sizes_build() -> None:
+    import numpy as np
+
+    model = build_retrieval_net(
+        "small",
+        widths=[np.int64(8)],
+        num_clusters=np.int64(2),  # type: ignore[arg-type]
+        whitening_dim=np.int32(4),  # type: ignore[arg-type]
+    )
+    assert model.netvlad.num_clusters == 2 and model.out_features == 4 and model.backbone.out_channels == 8
