@@ -188,6 +188,11 @@ def _greedy(
         pick[g] = j
 
 
+def _over(total: float, limit: float) -> bool:
+    """``total`` above ``limit`` by more than the rounding of summing in another order."""
+    return bool(total > limit + 1e-12 * max(1.0, abs(limit), abs(total)))
+
+
 def _size_text(bits: float) -> str:
     """``bits`` in MB, KB or bytes, whichever keeps the three decimals meaningful."""
     nbytes = bits / 8
@@ -205,8 +210,21 @@ def _check_reachable(groups: list[list[str]], valid: np.ndarray, path: str, prob
         raise ConfigError(path, f"{which} {problem}")
 
 
-def _infeasible(budget_bits: float, smallest: float, extra: Sequence[ExtraBudget]) -> ConfigError:
+def _infeasible(
+    budget_bits: float,
+    smallest: float,
+    extra: Sequence[ExtraBudget],
+    over: str | None = None,
+    least: float | None = None,
+) -> ConfigError:
+    """The error for no fitting allocation; ``over``: an extra budget that not even its least (``least``,
+    every module at its cheapest width for it) meets."""
     names = [b.name for b in extra]
+    if over is not None:
+        limit = next(b.limit for b in extra if b.name == over)
+        return ConfigError(
+            "extra", f"no bit allocation meets the extra budget '{over}' of {limit:g}: its least is {least:g}"
+        )
     if budget_bits == math.inf:
         return ConfigError("target_compression", f"no bit allocation meets the extra budgets {names}")
     budget, low = _size_text(budget_bits), _size_text(smallest)
@@ -300,7 +318,10 @@ def allocate_bits(
         slack = 1e-9 * (abs(budget.limit) + np.abs(np.where(valid, extras[e], 0.0)).max(1).sum())
         valid &= extras[e] - least[:, None] <= budget.limit - least.sum() + slack
         if not valid.any(1).all():
-            raise _infeasible(budget_bits, smallest, extra)
+            raise _infeasible(budget_bits, smallest, extra, budget.name, float(least.sum()))
+    smallest = float(np.where(valid, size, np.inf).min(1).sum())  # the widths left may be larger
+    if smallest > budget_bits:
+        raise _infeasible(budget_bits, smallest, extra)
     cost[~valid] = np.inf  # a width an extra budget rules out is never taken either
     size[~valid] = np.inf
     extras[:, ~valid] = 0.0
@@ -315,7 +336,9 @@ def allocate_bits(
     tied = reduced <= reduced_min + 1e-12 * np.abs(reduced_min)
     pick = _greedy(cost, size, size_budget, np.where(tied, size, np.inf).argmin(1))
     incumbent: float | None = float(cost[rows, pick].sum())
-    if any(extras[e][rows, pick].sum() > budget.limit for e, budget in enumerate(extra)):
+    if _over(size[rows, pick].sum(), size_budget) or any(
+        _over(extras[e][rows, pick].sum(), budget.limit) for e, budget in enumerate(extra)
+    ):
         incumbent = None
     keep = valid.copy()
     if incumbent is not None:
@@ -360,10 +383,10 @@ def allocate_bits(
             )
         for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last one wins
             choice[g_of[taken]] = nxt[taken]
-    over = [b.name for e, b in enumerate(extra) if extras[e][rows, choice].sum() > b.limit]
+    over = [b.name for e, b in enumerate(extra) if _over(extras[e][rows, choice].sum(), b.limit)]
     if over and not steps:
         raise _infeasible(budget_bits, smallest, extra)  # every group was down to one choice
-    if over or size[rows, choice].sum() > size_budget:  # over within HiGHS's tolerances: never returned
+    if over or _over(size[rows, choice].sum(), size_budget):  # over within HiGHS's tolerances: never returned
         if incumbent is None:  # no allocation known to fit exactly
             raise NNCFExtError(
                 "the bit-allocation MILP returned an allocation over the "

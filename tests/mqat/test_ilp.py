@@ -243,7 +243,9 @@ def test_an_infinite_budget_means_no_size_budget() -> None:
     assert allocate_bits(sens, {"a": 10, "b": 10}, float("inf")) == {"a": 4, "b": 2}
     bops = ExtraBudget("bops", {"a": {2: 1, 4: 9, 8: 1}, "b": {2: 1, 8: 1}}, 5)
     assert allocate_bits(sens, {"a": 10, "b": 10}, float("inf"), extra=[bops]) == {"a": 8, "b": 2}
-    with pytest.raises(ConfigError, match=r"no bit allocation meets the extra budgets \['bops'\]"):
+    with pytest.raises(
+        ConfigError, match="no bit allocation meets the extra budget 'bops' of 1: its least is 2"
+    ):
         allocate_bits(sens, {"a": 10, "b": 10}, float("inf"), extra=[ExtraBudget("bops", bops.cost, 1)])
 
 
@@ -312,8 +314,8 @@ def test_a_solver_answer_over_an_extra_budget_without_a_fitting_incumbent_is_an_
     rng = np.random.default_rng(1)
     sens = {f"m{i}": {b: float(rng.random()) for b in BITS} for i in range(6)}
     sizes = dict.fromkeys(sens, 10)
-    greedy = allocate_bits(sens, sizes, 6 * 10 * 4)  # what the greedy incumbent reaches, as the solver does
-    limit = sum(greedy.values()) - 1  # an extra budget (bits summed over modules) the incumbent breaks
+    unbound = allocate_bits(sens, sizes, 6 * 10 * 4)  # the optimum without the extra budget
+    limit = sum(unbound.values()) - 1  # an extra budget (bits summed over modules) that optimum breaks
     extra = [ilp.ExtraBudget("bits", {m: {b: float(b) for b in BITS} for m in sens}, limit)]
 
     def every_step(objective: np.ndarray, *args: object) -> SimpleNamespace:
@@ -322,3 +324,16 @@ def test_a_solver_answer_over_an_extra_budget_without_a_fitting_incumbent_is_an_
     monkeypatch.setattr(ilp, "_solve", every_step)
     with pytest.raises(NNCFExtError, match=r"over the extra budgets \['bits'\]"):
         allocate_bits(sens, sizes, 6 * 10 * 4, extra=extra)
+
+
+def test_widths_an_extra_budget_rules_out_count_toward_the_smallest_size() -> None:
+    """The extra budget leaves 'a' only 2 bits and 'b' only 4: 60 bits, over the budget of 50 (the smallest
+    widths give 40). The size check ran before those widths were dropped, and the allocation returned was
+    over budget."""
+    sens = {"a": {2: 1.0, 8: 0.0}, "b": {2: 1.0, 4: 0.5, 8: 0.0}}
+    extra = [ExtraBudget("bops", {"a": {2: 1.0, 8: 100.0}, "b": {2: 100.0, 4: 1.0, 8: 100.0}}, 2)]
+    with pytest.raises(ConfigError, match=r"budget of 6\.25 bytes .* the smallest reachable is 7\.5 bytes"):
+        allocate_bits(sens, {"a": 10, "b": 10}, 50, extra=extra)
+    assert allocate_bits(sens, {"a": 10, "b": 10}, 60, extra=extra) == {"a": 2, "b": 4}
+    with pytest.raises(ConfigError, match=r"extra budget 'bops' of 1\.5: its least is 2"):
+        allocate_bits(sens, {"a": 10, "b": 10}, 100, extra=[ExtraBudget("bops", extra[0].cost, 1.5)])
