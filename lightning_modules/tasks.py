@@ -170,20 +170,26 @@ def save_compressed(
 
 def load_compressed(path: str | Path) -> tuple[str, pl.LightningModule, dict[str, Any]]:
     """Rebuild the task module with its compression hooks and weights; returns (task, module, payload)."""
+    head = b""
     try:
         with open(path, "rb") as f:
             head = f.read(len(ARCHIVE_MAGIC))
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"no such file: {path}") from None
-    except Exception as e:  # pickle refusing an unsafe object, a truncated file, ...
+    except Exception as e:  # pickle refusing an unsafe object, a truncated file, a directory, ...
         if head == ARCHIVE_MAGIC:
             raise CheckpointError(
                 f"{path} is a Deep Compression archive (save_archive): it holds weights only; read it with "
                 "nncf_ext.load_archive, and give `nncf-ext` the compressed.pt written beside it"
             ) from None
-        # torch's own text for an unsafe file advises loading it unsafely: not repeated
-        reason = "it holds objects other than tensors" if isinstance(e, pickle.UnpicklingError) else str(e)
+        # torch's text for an unsafe file advises loading it with weights_only=False: not repeated
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            reason = "it holds objects other than tensors (refused unread)"
+        elif isinstance(e, pickle.UnpicklingError):
+            reason = "not a torch file, or a damaged one"
+        else:
+            reason = f"{type(e).__name__}: {e}"
         raise CheckpointError(
             f"cannot load {path} as a compressed model written by `nncf-ext compress`: {reason}"
         ) from None

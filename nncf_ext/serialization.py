@@ -63,7 +63,7 @@ def _check_fit(model: nn.Module, commands: list[dict[str, Any]]) -> None:
     for i, command in enumerate(commands):
         for hook_name in command["hook_names_in_model"]:
             try:
-                hook_type, op_name, _ = decode_hook_name(str(hook_name))
+                hook_type, op_name, _ = decode_hook_name(hook_name)
             except Exception as e:  # NNCF's parser: a malformed name
                 raise CheckpointError(f"compression_state[{i}]: malformed hook name {hook_name!r}") from e
             if hook_type != "post_hooks" or "/" in op_name:
@@ -91,6 +91,14 @@ def load_from_config(model: TModel, config: dict[str, Any]) -> TModel:
     for i, command in enumerate(config["compression_state"]):
         if not isinstance(command, dict) or not keys <= set(command):
             raise CheckpointError(f"compression_state[{i}] is malformed (needs {sorted(keys)}): {command!r}")
+        names = command["hook_names_in_model"]
+        if not isinstance(command["module_config"], dict) or not (
+            isinstance(names, list) and all(isinstance(n, str) for n in names)
+        ):
+            raise CheckpointError(
+                f"compression_state[{i}]: 'module_config' must be an object and 'hook_names_in_model' a list "
+                f"of names, got {command['module_config']!r:.60} and {names!r:.60}"
+            )
         commands.append({**command, "module_config": _tuples(command["module_config"])})
     _check_fit(model, commands)
     try:

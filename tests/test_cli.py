@@ -298,3 +298,15 @@ def test_stats_of_an_archive_points_to_load_archive(
     err = capsys.readouterr().err
     assert "is a Deep Compression archive" in err and "nncf_ext.load_archive" in err
     assert "weights_only" not in err and "will likely succeed" not in err
+
+
+def test_stats_of_a_directory_or_a_corrupt_file_says_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory crashed with UnboundLocalError; garbage was called "objects other than tensors"."""
+    assert main(["stats", str(tmp_path)]) == 2
+    assert "IsADirectoryError" in capsys.readouterr().err
+    (tmp_path / "garbage.pt").write_bytes(b"xK\\x00 not a checkpoint")
+    assert main(["stats", str(tmp_path / "garbage.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "not a torch file, or a damaged one" in err and "weights_only" not in err

@@ -60,6 +60,21 @@ def test_malformed_config_is_refused() -> None:
         nncf_ext.load_from_config(TinyNet(), {"state": []})
     with pytest.raises(CheckpointError, match=r"compression_state\[0\]"):
         nncf_ext.load_from_config(TinyNet(), {"compression_state": [{"module_path": "nncf_ext.x"}]})
+    command = {
+        "module_path": "nncf_ext.x",
+        "module_cls_name": "X",
+        "module_config": {},
+        "hook_names_in_model": [],
+    }
+    for bad in (
+        {"module_config": [1]},
+        {"hook_names_in_model": None},
+        {"hook_names_in_model": "post_hooks.a"},
+    ):
+        with pytest.raises(
+            CheckpointError, match=r"compression_state\[0\]: 'module_config' must be an object"
+        ):
+            nncf_ext.load_from_config(TinyNet(), {"compression_state": [{**command, **bad}]})
 
 
 @pytest.mark.parametrize("problem", ["untrusted last", "unknown option", "no hook names"])
