@@ -296,9 +296,28 @@ def test_an_all_zero_example_input_is_refused_for_activation_quantization() -> N
     model = TinyNet()
     config = {"compression": {"algorithm": "uniform_quantization", "activations": {"bits": 8}}}
     with pytest.raises(
-        ModelError, match=r"compression\[0\]\.activations: .* input of features/0/conv2d/0 .* 0;"
+        ModelError, match=r"compression\[0\]\.activations: .* input of features/0/conv2d/0 all zeros"
     ):
         nncf_ext.create_compression(model, config, torch.zeros(2, 3, 12, 12))
     assert not is_wrapped(model)
     weights_only = {"compression": {"algorithm": "uniform_quantization", "weights": {"bits": 8}}}
     nncf_ext.create_compression(TinyNet(), weights_only, torch.zeros(2, 3, 12, 12))  # no activation ranges
+
+
+def test_a_constant_non_zero_activation_keeps_its_range() -> None:
+    """A scalar conditioning input (batch 1) is one value, but not zero: its range is usable."""
+    from torch import nn
+
+    class Conditioned(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(1, 8)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.embed(t)
+
+    config = {"compression": {"algorithm": "uniform_quantization", "activations": {"bits": 8}}}
+    model = Conditioned()
+    nncf_ext.create_compression(model, config, torch.full((1, 1), 0.25))
+    (quantizer,) = [q for n, q in model.named_modules() if isinstance(q, BaseQuantizer) and "pre_hooks" in n]
+    assert float(quantizer.scale) == pytest.approx(0.25)

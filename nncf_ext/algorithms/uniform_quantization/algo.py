@@ -159,11 +159,10 @@ class UniformQuantization(CompressionAlgorithm):
         }
         observed = observe_inputs(model, ports, example_input)
         for op, obs in observed.items():  # checked before any hook is added
-            if not obs.high > obs.low:
+            if not torch.maximum(obs.low.abs(), obs.high.abs()) > 0:  # the range set_range would make: 1e-8
                 raise ModelError(
-                    f"{self.path}.activations: the example input gives the input of {op} the single value "
-                    f"{float(obs.low):g}; activation ranges start from the example input's activations, so "
-                    "give a representative batch (not zeros)"
+                    f"{self.path}.activations: the example input makes the input of {op} all zeros; "
+                    "activation ranges start from the example's activations: give a representative batch"
                 )
         super().apply(model, weights, example_input)
         self.activation_ports = ports
