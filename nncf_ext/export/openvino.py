@@ -8,6 +8,7 @@ compared with the torch model (``parity.py``), and only then moved into place.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -67,34 +68,53 @@ def _target(path: str | Path) -> Path:
     return xml
 
 
-def _check_options(tolerance: float, inputs: Any, device: str, precision: str | None, check: bool) -> None:
-    if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")  # "AUTO:GPU,CPU", "BATCH:CPU(2)", ...
+
+
+def _check_options(tolerance: float, inputs: Any, device: str, precision: Any, check: bool) -> None:
+    number = isinstance(tolerance, numbers.Real) and not isinstance(tolerance, bool)
+    if not number or not math.isfinite(tolerance) or tolerance < 0:
         raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     if inputs is not None and (not isinstance(inputs, (list, tuple)) or not inputs):
         raise ExportError(f"inputs must be a non-empty list of model inputs, got {type(inputs).__name__}")
-    if precision is not None and precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {list(PRECISIONS)} or None, got {precision!r}")
-    if check:
+    if precision is not None and not isinstance(precision, ov.Type) and precision not in PRECISIONS:
+        raise ExportError(
+            f"precision must be one of {list(PRECISIONS)}, an ov.Type or None, got {precision!r}"
+        )
+    if check:  # plain device names are checked here; OpenVINO parses the virtual devices' options
         available = ov.Core().available_devices
-        if device.split(".")[0] not in {d.split(".")[0] for d in available} | {"AUTO", "HETERO", "MULTI"}:
+        name = str(device).split(":")[0].split(".")[0]
+        if name not in VIRTUAL_DEVICES and name not in {d.split(".")[0] for d in available}:
             raise ExportError(
                 f"device {device!r} is not available for the parity check; available: {available}"
             )
 
 
 def _make_directory(xml: Path) -> list[Path]:
-    """Create the directory of ``xml`` and check it is writable; returns the directories it created."""
+    """Create the directory of ``xml`` and check it is writable; returns the directories it created, deepest
+    first (on an error, those are removed again)."""
     created = [d for d in [xml.parent, *xml.parent.parents] if not d.exists()]
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _remove_empty(created)
         raise ExportError(f"cannot create the directory {xml.parent}: {e.strerror}") from None
     try:  # permissions alone do not tell (root, read-only file systems): try it
         with tempfile.TemporaryFile(dir=xml.parent):
             pass
     except OSError as e:
+        _remove_empty(created)
         raise ExportError(f"the directory {xml.parent} is not writable: {e.strerror}") from None
     return created
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove ``directories`` (deepest first) up to the first that is gone or holds something."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            break
 
 
 def _move_into_place(tmp_xml: Path, xml: Path) -> None:
@@ -153,7 +173,7 @@ def export_openvino(
     tolerance: float = 1e-3,
     inputs: list[Any] | None = None,
     device: str = "CPU",
-    precision: str | None = "f32",
+    precision: str | ov.Type | None = "f32",
 ) -> ExportResult:
     """Export ``model`` (compressed or not) to ``path`` (.xml + .bin) with real compressed weight storage.
 
@@ -180,16 +200,16 @@ def export_openvino(
         report = None
         if check:
             config = exact_config(precision) if precision else {}
-            compiled = ov.Core().compile_model(str(tmp_xml), device, config)
+            try:
+                compiled = ov.Core().compile_model(str(tmp_xml), device, config)
+            except RuntimeError as e:
+                raise ExportError(f"OpenVINO cannot compile the IR on {device!r}: {e}") from e
             report = check_parity(model, compiled, inputs or parity_inputs(example_input), tolerance)
         _move_into_place(tmp_xml, xml)
         written = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        for directory in [] if written else created:  # deepest first; one that holds something stays
-            try:
-                directory.rmdir()
-            except OSError:
-                break
+        if not written:
+            _remove_empty(created)
     bin_path = xml.with_suffix(".bin")
     return ExportResult(xml, bin_path, bin_path.stat().st_size, weights, report)

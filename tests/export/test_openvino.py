@@ -422,7 +422,11 @@ def test_a_missing_ir_is_an_export_error(tmp_path: Path) -> None:
         ({"tolerance": float("nan")}, ExportError, "tolerance must be a finite number >= 0, got nan"),
         ({"tolerance": -1.0}, ExportError, "tolerance must be a finite number >= 0"),
         ({"device": "TPU"}, ExportError, r"device 'TPU' is not available .*\['CPU'"),
-        ({"precision": "f7"}, ExportError, r"precision must be one of \['f32', 'f16', 'bf16'\] or None"),
+        (
+            {"precision": "f7"},
+            ExportError,
+            r"precision must be one of \['f32', 'f16', 'bf16'\], an ov.Type or None, got 'f7'",
+        ),
         ({"inputs": "tensor"}, ExportError, "inputs must be a non-empty list of model inputs, got Tensor"),
         ({"inputs": [torch.randn(1, 5, 12, 12)]}, ParityError, "parity input 0 cannot be run"),
         ({"example": torch.randn(1, 5, 12, 12)}, ModelError, "rejects the example input"),
@@ -446,4 +450,34 @@ def test_bad_export_options_are_named_and_write_nothing(
     path = options.pop("path", tmp_path / "out" / "sub" / "m.xml")
     with pytest.raises(error, match=match):
         nncf_ext.export_openvino(model, example, path, **options)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_virtual_devices_numpy_tolerances_and_ov_types_are_accepted(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    """The option checks refused what OpenVINO takes: "AUTO:CPU", a numpy tolerance, ov.Type.f32."""
+    model, _ = compressed([PRUNE], example_input)
+    for i, options in enumerate(
+        [{"device": "AUTO:CPU"}, {"tolerance": np.float32(1e-3)}, {"precision": ov.Type.f32}]
+    ):
+        result = nncf_ext.export_openvino(model, example_input, tmp_path / f"m{i}.xml", **options)  # type: ignore[arg-type]
+        assert result.parity is not None and result.parity.ok
+
+
+def test_directories_created_for_a_failed_probe_are_removed(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    """A directory made writable-checked and then refused is not left behind."""
+    import tempfile as tempfile_module
+
+    model, _ = compressed([PRUNE], example_input)
+
+    def unwritable(*args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile_module, "TemporaryFile", unwritable)
+        with pytest.raises(ExportError, match="not writable"):
+            nncf_ext.export_openvino(model, example_input, tmp_path / "a" / "b" / "m.xml")
     assert list(tmp_path.iterdir()) == []
