@@ -267,24 +267,21 @@ def test_a_huge_sample_size_is_refused_when_parsed() -> None:
     assert nncf_ext.load_config({"input_info": {"sample_size": [2**31]}, "compression": entry})
 
 
-def test_two_masks_or_two_penalties_on_one_weight_are_refused(example_input: torch.Tensor) -> None:
-    """Two pruning entries over the same weights stacked two masks, and two L1 entries doubled lambda."""
+def test_two_masks_on_one_weight_are_refused_two_l1_penalties_add_up(example_input: torch.Tensor) -> None:
+    """Two pruning entries over the same weights stacked two masks; L1 entries add (a global one plus a
+    stronger one on some layers)."""
     prune = {"algorithm": "threshold_pruning", "threshold": 0.01}
     l1 = {"algorithm": "l1_sparsity", "lambda": 1e-4}
-    for entry, role in [(prune, "pruning mask"), (l1, "L1 penalty")]:
-        model = TinyNet()
-        narrow = {**entry, "target_scope": {"names": ["fc.weight"]}}
-        with pytest.raises(
-            ConfigError, match=rf"\['fc.weight'\] already have a {role} from compression\[0\]"
-        ):
-            nncf_ext.create_compression(model, {"compression": [entry, narrow]}, example_input)
-        assert not is_wrapped(model)
+    model = TinyNet()
+    narrow = {**prune, "target_scope": {"names": ["fc.weight"]}}
+    with pytest.raises(
+        ConfigError, match=r"\['fc.weight'\] already have a pruning mask from compression\[0\]"
+    ):
+        nncf_ext.create_compression(model, {"compression": [prune, narrow]}, example_input)
+    assert not is_wrapped(model)
     disjoint = {**prune, "ignored_scope": {"names": ["fc.weight"]}}
-    nncf_ext.create_compression(
-        TinyNet(),
-        {"compression": [disjoint, {**prune, "target_scope": {"names": ["fc.weight"]}}, l1]},
-        example_input,
-    )
+    both_l1 = [l1, {**l1, "target_scope": {"names": ["fc.weight"]}}]
+    nncf_ext.create_compression(TinyNet(), {"compression": [disjoint, narrow, *both_l1]}, example_input)
 
 
 @pytest.mark.parametrize(

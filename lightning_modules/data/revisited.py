@@ -41,6 +41,8 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
 
 
 def _names(value: Any, path: Path, key: str) -> list[str]:
+    if isinstance(value, np.ndarray) and value.ndim == 1:  # a pickle written from numpy
+        value = value.tolist()
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
         raise DataError(f"{path}: {key!r} must be a list of names, got {value!r:.60}")
     return list(value)
@@ -95,6 +97,8 @@ def load_revisited(root: str | Path, name: str | None = None) -> RevisitedData:
     if not isinstance(raw, dict) or any(k not in raw for k in ("imlist", "qimlist", "gnd")):
         raise DataError(f"{path}: expected a dict with 'imlist', 'qimlist' and 'gnd'")
     imlist, qimlist = _names(raw["imlist"], path, "imlist"), _names(raw["qimlist"], path, "qimlist")
+    if isinstance(raw["gnd"], np.ndarray) and raw["gnd"].ndim == 1:
+        raw["gnd"] = list(raw["gnd"])
     if not isinstance(raw["gnd"], (list, tuple)):
         raise DataError(f"{path}: 'gnd' must be a list of per-query dicts, got {raw['gnd']!r:.60}")
     if len(raw["gnd"]) != len(qimlist):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -68,7 +68,7 @@ class RetrievalNet(nn.Module):
         ``batches`` is re-iterable (a DataLoader, a list) of image tensors or of tuples that start with one.
         Runs in eval mode and restores the previous mode; on an error NetVLAD keeps its previous state.
         """
-        if iter(batches) is batches:  # a generator would be empty on the second (whitening) pass
+        if isinstance(batches, Iterator):  # a generator would be empty on the second (whitening) pass
             raise ModelError(
                 "RetrievalNet.init_from_images: batches must be re-iterable (a DataLoader, a list)"
             )

@@ -47,9 +47,9 @@ class CompressionAlgorithm(ABC):
     """One entry of the ``compression`` list, applied to a wrapped model."""
 
     name: ClassVar[str]
-    # what this algorithm puts on a weight ("codebook", "grid", "pruning mask", "L1 penalty"): at most one
-    # entry of each per weight (a codebook snapped to a grid is cluster-preserving quantization; two grids,
-    # two masks or two penalties on one weight are a mistake)
+    # what this algorithm puts on a weight ("codebook", "grid", "pruning mask"): at most one entry of each per
+    # weight (a codebook snapped to a grid is cluster-preserving quantization; two grids or two masks on one
+    # weight are a mistake; L1 penalties add up, a global one plus a stronger one on some layers)
     role: ClassVar[str | None] = None
     config: AlgorithmConfig
 

@@ -333,3 +333,18 @@ def test_an_empty_query_box_fails_at_load_not_at_read(
     with open(tmp_path / "gnd_box.pkl", "wb") as f:
         pickle.dump(raw, f)
     assert load_revisited(tmp_path).gnd[1]["bbx"] == [-3.0, -2.0, *good[2:]]
+
+
+def test_ground_truth_lists_stored_as_numpy_arrays_load(
+    dataset: tuple[Path, RenderedPlaces], tmp_path: Path
+) -> None:
+    """Pickles written from numpy keep names and entries in 1-D arrays; any iterable loaded before."""
+    with open(dataset[0] / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    (tmp_path / "jpg").symlink_to(dataset[0] / "jpg")
+    arrays = {key: np.array(raw[key], dtype=object) for key in ("imlist", "qimlist", "gnd")}
+    with open(tmp_path / "gnd_arrays.pkl", "wb") as f:
+        pickle.dump({**raw, **arrays}, f)
+    loaded = load_revisited(tmp_path)
+    assert loaded.imlist == list(raw["imlist"]) and loaded.qimlist == list(raw["qimlist"])
+    assert len(loaded.gnd) == len(raw["gnd"])

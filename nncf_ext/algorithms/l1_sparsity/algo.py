@@ -27,7 +27,6 @@ class L1SparsityConfig(AlgorithmConfig):
 @register_algorithm
 class L1Sparsity(CompressionAlgorithm):
     name: ClassVar[str] = "l1_sparsity"
-    role: ClassVar[str | None] = "L1 penalty"
     config: L1SparsityConfig
 
     def __init__(self, config: L1SparsityConfig, path: str) -> None:
