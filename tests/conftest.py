@@ -43,3 +43,10 @@ def pruning_config(threshold: object = 0.05, **extra: object) -> dict[str, objec
         "input_info": {"sample_size": [1, 3, 12, 12]},
         "compression": [{"algorithm": "threshold_pruning", "threshold": threshold, **extra}],
     }
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

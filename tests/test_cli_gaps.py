@@ -12,7 +12,7 @@ import torch
 
 import nncf_ext
 from nncf_ext.cli import build_parser, main
-from tests.conftest import TinyNet
+from tests.conftest import TinyNet, current_umask
 from tests.test_cli import toy_base
 
 # -- benchmark --threads ---------------------------------------------------------------------------------
@@ -97,12 +97,6 @@ def toy_module() -> tuple[Any, nncf_ext.CompressionConfig]:
     config = nncf_ext.load_config({"compression": {"algorithm": "threshold_pruning", "threshold": 0.02}})
     nncf_ext.create_compression(network(module), config, module.example_input_array)
     return module, config
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def test_save_compressed_leaves_only_the_target_with_the_umask_mode(tmp_path: Path) -> None:

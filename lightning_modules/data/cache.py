@@ -6,12 +6,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nncf_ext.files import current_umask
+from nncf_ext.files import temporary_directory
 
 
 def data_root() -> Path:
@@ -46,10 +45,9 @@ def publishing(target: Path, complete: Callable[[Path], bool]) -> Iterator[Path]
     discarded; a stale or incomplete one (or a file in its place) is replaced.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temporary_directory(target)  # the umask's mode: a shared cache stays readable by others
     try:
         yield tmp
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700, which would hide a shared cache
         with _locked(target):
             if complete(target):
                 return

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 from pathlib import Path
 
 import pytest
 
 from lightning_modules.data.cache import _locked, data_root, publishing
+from tests.conftest import current_umask
 
 
 def complete(path: Path) -> bool:
@@ -49,12 +49,6 @@ def test_a_copy_published_meanwhile_is_kept_and_a_stale_one_replaced(tmp_path: P
         (tmp / "done").write_text("mine")
     assert (target / "done").read_text() == "mine" and entries(tmp_path) == ["set"]
     assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # as any folder made here
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def test_a_file_in_the_way_is_replaced_and_failures_after_generating_clean_up(tmp_path: Path) -> None:
