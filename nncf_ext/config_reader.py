@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from nncf_ext.errors import ConfigError
 
@@ -137,9 +140,15 @@ def check_float(
     return value
 
 
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer; a bool is not one here."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check_int(value: Any, path: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ConfigError(path, f"expected an integer, got {type_name(value)}")
+    value = int(value)
     if minimum is not None and value < minimum:
         raise ConfigError(path, f"must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:

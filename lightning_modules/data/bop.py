@@ -32,7 +32,7 @@ from lightning_modules.pose.keypoints import (
     keypoints_2d,
     model_keypoints,
 )
-from nncf_ext.config_reader import check_float, check_int
+from nncf_ext.config_reader import check_float, check_int, is_integer
 from nncf_ext.errors import ConfigError, DataError
 
 
@@ -153,8 +153,7 @@ def _check_symmetries(symmetries: Symmetries, where: str) -> None:
 
 
 def _positive_int(value: Any) -> bool:
-    """An int or a numpy integer >= 1; a bool is not an integer here."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
+    return is_integer(value) and bool(value >= 1)
 
 
 def check_obj_ids(obj_ids: Sequence[int] | None) -> list[int] | None:

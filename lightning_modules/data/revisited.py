@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_modules.metrics.retrieval import index_array
+from nncf_ext.config_reader import is_integer
 from nncf_ext.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,7 +35,7 @@ INDEX_KEYS = ("easy", "hard", "junk", "good", "ok")
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as an ``int`` >= ``minimum`` (numpy integers too; a bool or a float is refused), else a
     DataError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_integer(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise DataError(f"{name} must be {what}, got {value!r}")
     return int(value)

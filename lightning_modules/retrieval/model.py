@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
-from numbers import Integral
 from typing import Any
 
 import torch
@@ -14,13 +13,8 @@ from torch.nn import functional as F
 from lightning_modules.retrieval.backbones import BACKBONES, ConvFeatures
 from lightning_modules.retrieval.netvlad import NetVLAD
 from lightning_modules.retrieval.whitening import PCAWhitening
+from nncf_ext.config_reader import is_integer
 from nncf_ext.errors import ModelError
-
-
-def _is_int(value: Any) -> bool:
-    """An integer, numpy's included; a bool is not one here."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
 
 ARCH_DEFAULTS: dict[str, dict[str, int]] = {
     "small": {"num_clusters": 16, "whitening_dim": 256},
@@ -123,7 +117,7 @@ def build_retrieval_net(
     if not isinstance(arch, str) or arch not in BACKBONES:
         raise ModelError(f"unknown retrieval architecture {arch!r}; expected one of {sorted(BACKBONES)}")
     for name, value in (("num_clusters", num_clusters), ("whitening_dim", whitening_dim)):
-        if value is not None and not _is_int(value):  # the range is checked by NetVLAD / PCAWhitening
+        if value is not None and not is_integer(value):  # the range is checked by NetVLAD / PCAWhitening
             raise ModelError(f"{name} must be a positive integer, got {value!r}")
     accepted = [p for p in inspect.signature(BACKBONES[arch]).parameters if p != "self"]
     unknown = sorted(set(backbone_kwargs) - set(accepted))
@@ -135,7 +129,7 @@ def build_retrieval_net(
             isinstance(widths, (str, bytes))
             or not isinstance(widths, Sequence)
             or not widths
-            or not all(_is_int(w) and w >= 1 for w in widths)
+            or not all(is_integer(w) and w >= 1 for w in widths)
         ):
             raise ModelError(f"widths must be a non-empty sequence of positive integers, got {widths!r}")
         backbone_kwargs = {**backbone_kwargs, "widths": tuple(int(w) for w in widths)}

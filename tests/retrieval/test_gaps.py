@@ -165,7 +165,7 @@ def test_task_module_keeps_its_image_size_and_widths_through_compressed_pt(tmp_p
 
 def test_cli_datamodule_resizes_to_the_module_image_size(odd_root: Path) -> None:
     """``nncf-ext compress`` trains at the size the module is wrapped and exported at (``--init-from`` a
-    base of another size too), on given data and on the embedded sets."""
+    base of another size too); the embedded sets go through the same options."""
     task = get_task("retrieval")
     data = f"{odd_root},{odd_root}"
     assert task.datamodule(data, 2, 0, {"image_size": 40}).image_size == 40
