@@ -188,9 +188,9 @@ def _greedy(
         pick[g] = j
 
 
-def _over(total: float, limit: float) -> bool:
-    """``total`` above ``limit`` by more than the rounding of summing in another order."""
-    return bool(total > limit + 1e-12 * max(1.0, abs(limit), abs(total)))
+def _over(terms: np.ndarray, limit: float) -> bool:
+    """The sum of ``terms`` above ``limit`` by more than the rounding of summing them in another order."""
+    return bool(terms.sum() > limit + 1e-12 * max(abs(limit), float(np.abs(terms).sum())))
 
 
 def _size_text(bits: float) -> str:
@@ -210,21 +210,18 @@ def _check_reachable(groups: list[list[str]], valid: np.ndarray, path: str, prob
         raise ConfigError(path, f"{which} {problem}")
 
 
-def _infeasible(
-    budget_bits: float,
-    smallest: float,
-    extra: Sequence[ExtraBudget],
-    over: str | None = None,
-    least: float | None = None,
-) -> ConfigError:
-    """The error for no fitting allocation; ``over``: an extra budget that not even its least (``least``,
-    every module at its cheapest width for it) meets."""
+def _extra_unmet(e: int, budget: ExtraBudget, least: float) -> ConfigError:
+    """Extra budget ``e`` is below ``least``, its sum with every module at its cheapest width for it."""
+    limit, low = f"{budget.limit:g}", f"{least:g}"
+    if limit == low:  # apart by less than the printed precision
+        limit, low = f"{budget.limit:.17g}", f"{least:.17g}"
+    return ConfigError(
+        f"extra[{e}] ({budget.name})", f"no bit allocation meets the limit {limit}: its least is {low}"
+    )
+
+
+def _infeasible(budget_bits: float, smallest: float, extra: Sequence[ExtraBudget]) -> ConfigError:
     names = [b.name for b in extra]
-    if over is not None:
-        limit = next(b.limit for b in extra if b.name == over)
-        return ConfigError(
-            "extra", f"no bit allocation meets the extra budget '{over}' of {limit:g}: its least is {least:g}"
-        )
     if budget_bits == math.inf:
         return ConfigError("target_compression", f"no bit allocation meets the extra budgets {names}")
     budget, low = _size_text(budget_bits), _size_text(smallest)
@@ -233,7 +230,8 @@ def _infeasible(
     return ConfigError(
         "target_compression",
         f"no bit allocation fits the {'negative ' if budget_bits < 0 else ''}budget of {budget} for the "
-        f"quantized weights; the smallest reachable is {low} (every module at its fewest bits)"
+        f"quantized weights; the smallest reachable is {low} (every module at its fewest bits that the "
+        "sensitivities and extra budgets allow)"
         + (f" and the extra budgets {names} may not be met" if extra else ""),
     )
 
@@ -318,7 +316,7 @@ def allocate_bits(
         slack = 1e-9 * (abs(budget.limit) + np.abs(np.where(valid, extras[e], 0.0)).max(1).sum())
         valid &= extras[e] - least[:, None] <= budget.limit - least.sum() + slack
         if not valid.any(1).all():
-            raise _infeasible(budget_bits, smallest, extra, budget.name, float(least.sum()))
+            raise _extra_unmet(e, budget, float(least.sum()))
     smallest = float(np.where(valid, size, np.inf).min(1).sum())  # the widths left may be larger
     if smallest > budget_bits:
         raise _infeasible(budget_bits, smallest, extra)
@@ -336,8 +334,8 @@ def allocate_bits(
     tied = reduced <= reduced_min + 1e-12 * np.abs(reduced_min)
     pick = _greedy(cost, size, size_budget, np.where(tied, size, np.inf).argmin(1))
     incumbent: float | None = float(cost[rows, pick].sum())
-    if _over(size[rows, pick].sum(), size_budget) or any(
-        _over(extras[e][rows, pick].sum(), budget.limit) for e, budget in enumerate(extra)
+    if _over(size[rows, pick], size_budget) or any(
+        _over(extras[e][rows, pick], budget.limit) for e, budget in enumerate(extra)
     ):
         incumbent = None
     keep = valid.copy()
@@ -383,10 +381,10 @@ def allocate_bits(
             )
         for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last one wins
             choice[g_of[taken]] = nxt[taken]
-    over = [b.name for e, b in enumerate(extra) if _over(extras[e][rows, choice].sum(), b.limit)]
+    over = [b.name for e, b in enumerate(extra) if _over(extras[e][rows, choice], b.limit)]
     if over and not steps:
         raise _infeasible(budget_bits, smallest, extra)  # every group was down to one choice
-    if over or _over(size[rows, choice].sum(), size_budget):  # over within HiGHS's tolerances: never returned
+    if over or _over(size[rows, choice], size_budget):  # over within HiGHS's tolerances: never returned
         if incumbent is None:  # no allocation known to fit exactly
             raise NNCFExtError(
                 "the bit-allocation MILP returned an allocation over the "

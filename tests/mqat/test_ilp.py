@@ -244,7 +244,7 @@ def test_an_infinite_budget_means_no_size_budget() -> None:
     bops = ExtraBudget("bops", {"a": {2: 1, 4: 9, 8: 1}, "b": {2: 1, 8: 1}}, 5)
     assert allocate_bits(sens, {"a": 10, "b": 10}, float("inf"), extra=[bops]) == {"a": 8, "b": 2}
     with pytest.raises(
-        ConfigError, match="no bit allocation meets the extra budget 'bops' of 1: its least is 2"
+        ConfigError, match=r"extra\[0\] \(bops\): no bit allocation meets the limit 1: its least is 2"
     ):
         allocate_bits(sens, {"a": 10, "b": 10}, float("inf"), extra=[ExtraBudget("bops", bops.cost, 1)])
 
@@ -335,5 +335,17 @@ def test_widths_an_extra_budget_rules_out_count_toward_the_smallest_size() -> No
     with pytest.raises(ConfigError, match=r"budget of 6\.25 bytes .* the smallest reachable is 7\.5 bytes"):
         allocate_bits(sens, {"a": 10, "b": 10}, 50, extra=extra)
     assert allocate_bits(sens, {"a": 10, "b": 10}, 60, extra=extra) == {"a": 2, "b": 4}
-    with pytest.raises(ConfigError, match=r"extra budget 'bops' of 1\.5: its least is 2"):
+    with pytest.raises(
+        ConfigError, match=r"extra\[0\] \(bops\): no bit allocation meets the limit 1\.5: its least is 2"
+    ):
         allocate_bits(sens, {"a": 10, "b": 10}, 100, extra=[ExtraBudget("bops", extra[0].cost, 1.5)])
+
+
+def test_an_extra_budget_in_small_units_is_not_breached() -> None:
+    """An absolute tolerance floor let an allocation 1.2x over a limit in small units (1e-13 per unit) pass."""
+    sens = {"a": {4: 1.0, 8: 0.0}, "b": {4: 1.0, 8: 0.0}}
+    unit = 1e-13
+    energy = ExtraBudget("energy", {m: {4: 3 * unit, 8: 6 * unit} for m in sens}, 10 * unit)
+    chosen = allocate_bits(sens, {"a": 10, "b": 10}, 1000, extra=[energy])
+    assert sum(energy.cost[m][b] for m, b in chosen.items()) <= 10 * unit
+    assert sorted(chosen.values()) == [4, 8]
