@@ -184,12 +184,15 @@ def load_compressed(path: str | Path) -> tuple[str, pl.LightningModule, dict[str
                 "nncf_ext.load_archive, and give `nncf-ext` the compressed.pt written beside it"
             ) from None
         # torch's text for an unsafe file advises loading it with weights_only=False: not repeated
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
-            reason = "it holds objects other than tensors (refused unread)"
-        elif isinstance(e, pickle.UnpicklingError):
+        damaged = ("Unsupported operand", "String is too long", "truncated", "invalid load key")
+        if isinstance(e, EOFError) or (
+            isinstance(e, pickle.UnpicklingError) and any(d in str(e) for d in damaged)
+        ):
             reason = "not a torch file, or a damaged one"
+        elif isinstance(e, pickle.UnpicklingError):  # any other refusal of the weights-only loader
+            reason = "it holds objects other than tensors (refused unread)"
         else:
-            reason = f"{type(e).__name__}: {e}"
+            reason = f"{type(e).__name__}: {e or 'empty or truncated'}"
         raise CheckpointError(
             f"cannot load {path} as a compressed model written by `nncf-ext compress`: {reason}"
         ) from None

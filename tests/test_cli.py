@@ -306,7 +306,26 @@ def test_stats_of_a_directory_or_a_corrupt_file_says_what_it_is(
     """A directory crashed with UnboundLocalError; garbage was called "objects other than tensors"."""
     assert main(["stats", str(tmp_path)]) == 2
     assert "IsADirectoryError" in capsys.readouterr().err
-    (tmp_path / "garbage.pt").write_bytes(b"xK\\x00 not a checkpoint")
-    assert main(["stats", str(tmp_path / "garbage.pt")]) == 2
-    err = capsys.readouterr().err
-    assert "not a torch file, or a damaged one" in err and "weights_only" not in err
+    for name, content in [("garbage.pt", b"xK\x00 not a checkpoint"), ("empty.pt", b"")]:
+        (tmp_path / name).write_bytes(content)
+        assert main(["stats", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert "not a torch file, or a damaged one" in err and "weights_only" not in err
+
+
+def test_stats_calls_a_file_calling_os_system_unsafe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch refuses os.system with another message than print's ("module posix is blocked"): it was called a
+    damaged file."""
+    import os
+
+    import torch
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, ("echo executed",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    assert main(["stats", str(tmp_path / "evil.pt")]) == 2
+    assert "holds objects other than tensors" in capsys.readouterr().err

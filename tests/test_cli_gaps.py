@@ -100,19 +100,19 @@ def toy_module() -> tuple[Any, nncf_ext.CompressionConfig]:
 
 
 def test_save_compressed_leaves_only_the_target_with_the_umask_mode(tmp_path: Path) -> None:
-    """mkstemp makes its file 0600; the artifact is an ordinary file, readable as the umask allows."""
+    """mkstemp made the file 0600; the artifact is an ordinary file, readable as the umask allows."""
     from lightning_modules.tasks import load_compressed, save_compressed
 
     module, config = toy_module()
-    old = os.umask(0o022)
+    old = os.umask(0o027)  # not the usual 022: a hard-coded 0644 would pass that
     try:
         path = save_compressed(tmp_path / "out" / "compressed.pt", "toy", module, config)
-        assert current_umask() == 0o022  # read, and left as it was
+        assert current_umask() == 0o027  # left as it was
     finally:
         os.umask(old)
     assert path == tmp_path / "out" / "compressed.pt"
     assert [p.name for p in path.parent.iterdir()] == ["compressed.pt"]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert load_compressed(path)[0] == "toy"
 
 

@@ -109,8 +109,11 @@ def _make_directory(xml: Path) -> list[Path]:
 
 
 def _remove_empty(directories: list[Path]) -> None:
-    """Remove ``directories`` (deepest first) up to the first that is gone or holds something."""
+    """Remove ``directories`` (deepest first) up to the first that holds something; one never made (a failed
+    ``mkdir`` makes only the upper ones) is skipped."""
     for directory in directories:
+        if not os.path.isdir(directory):  # never made (os.path.isdir is False on any error, a long name too)
+            continue
         try:
             directory.rmdir()
         except OSError:

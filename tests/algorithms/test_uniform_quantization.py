@@ -321,3 +321,15 @@ def test_a_constant_non_zero_activation_keeps_its_range() -> None:
     nncf_ext.create_compression(model, config, torch.full((1, 1), 0.25))
     (quantizer,) = [q for n, q in model.named_modules() if isinstance(q, BaseQuantizer) and "pre_hooks" in n]
     assert float(quantizer.scale) == pytest.approx(0.25)
+
+
+def test_a_non_finite_example_input_is_named_as_such() -> None:
+    """NaN was reported as "all zeros", and a constant inf gave an infinite range."""
+    from nncf_ext.errors import ModelError
+
+    config = {"compression": {"algorithm": "uniform_quantization", "activations": {"bits": 8}}}
+    for value in (float("nan"), float("inf")):
+        example = torch.randn(2, 3, 12, 12)
+        example[0, 0, 0, 0] = value
+        with pytest.raises(ModelError, match=r"input of features/0/conv2d/0 the range .*finite inputs"):
+            nncf_ext.create_compression(TinyNet(), config, example)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
 
 from lightning_modules.data.cache import _locked, data_root, publishing
-from tests.conftest import current_umask
 
 
 def complete(path: Path) -> bool:
@@ -45,10 +45,14 @@ def test_a_copy_published_meanwhile_is_kept_and_a_stale_one_replaced(tmp_path: P
         (target / "done").write_text("theirs")
     assert (target / "done").read_text() == "theirs" and entries(tmp_path) == ["set"]
     (target / "done").unlink()  # now stale (incomplete)
-    with publishing(target, complete) as tmp:
-        (tmp / "done").write_text("mine")
+    old = os.umask(0o027)  # not the usual 022: a hard-coded 0755 would pass that
+    try:
+        with publishing(target, complete) as tmp:
+            (tmp / "done").write_text("mine")
+    finally:
+        os.umask(old)
     assert (target / "done").read_text() == "mine" and entries(tmp_path) == ["set"]
-    assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # as any folder made here
+    assert target.stat().st_mode & 0o777 == 0o750  # as any folder made under that umask
 
 
 def test_a_file_in_the_way_is_replaced_and_failures_after_generating_clean_up(tmp_path: Path) -> None:

@@ -481,3 +481,13 @@ def test_directories_created_for_a_failed_probe_are_removed(
         with pytest.raises(ExportError, match="not writable"):
             nncf_ext.export_openvino(model, example_input, tmp_path / "a" / "b" / "m.xml")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_directories_made_before_a_failed_mkdir_are_removed(
+    tmp_path: Path, example_input: torch.Tensor
+) -> None:
+    """mkdir makes the upper directories, then fails on a name too long: those were left behind."""
+    model, _ = compressed([PRUNE], example_input)
+    with pytest.raises(ExportError, match="cannot create the directory"):
+        nncf_ext.export_openvino(model, example_input, tmp_path / "new1" / "new2" / ("x" * 300) / "m.xml")
+    assert list(tmp_path.iterdir()) == []

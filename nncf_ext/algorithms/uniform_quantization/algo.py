@@ -159,6 +159,12 @@ class UniformQuantization(CompressionAlgorithm):
         }
         observed = observe_inputs(model, ports, example_input)
         for op, obs in observed.items():  # checked before any hook is added
+            if not (torch.isfinite(obs.low) and torch.isfinite(obs.high)):  # NaN / inf, or never reached
+                raise ModelError(
+                    f"{self.path}.activations: the example input gives the input of {op} the range "
+                    f"[{float(obs.low):g}, {float(obs.high):g}]; activation ranges start from the example "
+                    "input's activations: give a representative batch of finite inputs"
+                )
             if not torch.maximum(obs.low.abs(), obs.high.abs()) > 0:  # the range set_range would make: 1e-8
                 raise ModelError(
                     f"{self.path}.activations: the example input makes the input of {op} all zeros; "
