@@ -46,7 +46,7 @@ class ExportResult:
         }
 
 
-def exact_config(precision: str = "f32") -> dict[str, Any]:
+def exact_config(precision: str | ov.Type = "f32") -> dict[str, Any]:
     """Compile options for an exact run on CPU: no bf16, no dynamic quantization of activations."""
     return {"INFERENCE_PRECISION_HINT": precision, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 
