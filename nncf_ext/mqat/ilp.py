@@ -242,12 +242,14 @@ def _solve(
     upper: list[float],
     cut: tuple[np.ndarray, float] | None,
 ) -> Any:
-    """HiGHS on ``rows @ y <= upper`` (plus ``cut``), binary ``y``, rows scaled to a unit maximum."""
+    """HiGHS on ``rows @ y <= upper`` (plus ``cut``), binary ``y``, each row scaled to a smallest coefficient
+    of 1: HiGHS's feasibility tolerance is absolute, and a row scaled to a unit maximum (or median) shrank
+    the slack of a budget mixing costs of 1 and 1e6 below it, so HiGHS took an allocation over the budget."""
     if cut is not None:
         rows, upper = [*rows, cut[0]], [*upper, cut[1]]
     a = np.vstack(rows)
-    norm = np.abs(a).max(1)  # HiGHS warns about (and slows on) badly scaled rows
-    norm[norm == 0] = 1.0  # an all-zero row (the cut-off when every cost is equal)
+    magnitude = np.abs(a)
+    norm = np.array([m[m > 0].min() if (m > 0).any() else 1.0 for m in magnitude])
     return milp(
         objective,
         constraints=LinearConstraint(a / norm[:, None], -np.inf, np.array(upper) / norm),
@@ -368,19 +370,31 @@ def allocate_bits(
         cut = None  # objective cut-off at the incumbent: speeds up branch and bound about 2x at 50 modules
         if incumbent is not None:
             cut = (d_cost / scale, (incumbent - cost[rows, base].sum() + slack) / scale)
-        result = _solve(d_cost / scale, constraint_rows, upper, cut)
-        if result.x is None and cut is not None:
-            # the incumbent lies on the cut-off within HiGHS's tolerances (MQAT's 1e-9 tie-breaks): HiGHS
-            # may then call a feasible problem infeasible; the problem without the cut-off is exact
-            result = _solve(d_cost / scale, constraint_rows, upper, None)
-        if result.x is None:
-            if result.status == 2:  # HiGHS: infeasible (only an extra budget can make it so)
-                raise _infeasible(budget_bits, smallest, extra)
-            raise NNCFExtError(
-                f"the bit-allocation MILP failed (HiGHS status {result.status}): {result.message}"
-            )
-        for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last one wins
-            choice[g_of[taken]] = nxt[taken]
+        limits = [size_budget, *(b.limit for b in extra)]
+        for _ in range(3):  # an answer over a budget within HiGHS's tolerances is solved again, tightened
+            result = _solve(d_cost / scale, constraint_rows, upper, cut)
+            if result.x is None and cut is not None:
+                # the incumbent lies on the cut-off within HiGHS's tolerances (MQAT's 1e-9 tie-breaks):
+                # HiGHS may then call a feasible problem infeasible; the problem without the cut-off is exact
+                result = _solve(d_cost / scale, constraint_rows, upper, None)
+            if result.x is None:
+                if result.status == 2:  # HiGHS: infeasible (only an extra budget can make it so)
+                    raise _infeasible(budget_bits, smallest, extra)
+                raise NNCFExtError(
+                    f"the bit-allocation MILP failed (HiGHS status {result.status}): {result.message}"
+                )
+            choice = base.copy()
+            for taken in np.flatnonzero(result.x > 0.5):  # steps are in order and monotone: the last wins
+                choice[g_of[taken]] = nxt[taken]
+            sums = [size[rows, choice], *(extras[e][rows, choice] for e in range(len(extra)))]
+            excess = [
+                (i, float(t.sum()) - limit) for i, (t, limit) in enumerate(zip(sums, limits, strict=True))
+            ]
+            over_by = [(i, x) for i, x in excess if _over(sums[i], limits[i])]
+            if not over_by:
+                break
+            for i, x in over_by:
+                upper[i] -= x + 1e-9 * max(abs(limits[i]), 1e-300)
     over = [b.name for e, b in enumerate(extra) if _over(extras[e][rows, choice], b.limit)]
     if over and not steps:
         raise _infeasible(budget_bits, smallest, extra)  # every group was down to one choice

@@ -349,3 +349,66 @@ def test_an_extra_budget_in_small_units_is_not_breached() -> None:
     chosen = allocate_bits(sens, {"a": 10, "b": 10}, 1000, extra=[energy])
     assert sum(energy.cost[m][b] for m, b in chosen.items()) <= 10 * unit
     assert sorted(chosen.values()) == [4, 8]
+
+
+def test_an_extra_budget_mixing_costs_of_1_and_1e6_is_met() -> None:
+    """Rows scaled to a unit maximum shrank a slack of 1.25 on a 7.6e6 row below HiGHS's absolute feasibility
+    tolerance: HiGHS took m0 at 4 bits, over the limit, and the allocation was refused as unfittable."""
+    sens = {"m0": {2: 0.639, 4: 0.0, 8: 0.342}, "m1": {2: 0.344, 4: 0.1, 8: 0.9}}
+    cost = {"m0": {2: 6.49, 4: 7630000.0, 8: 10.0}, "m1": {2: 9.0, 4: 7.2, 8: 7.75}}
+    chosen = allocate_bits(sens, {"m0": 6, "m1": 48}, 156.0, extra=[ExtraBudget("e0", cost, 7630007.75)])
+    assert chosen == {"m0": 8, "m1": 2}  # the optimum by enumeration: 0.342 + 0.344
+
+
+def test_an_answer_over_a_mixed_scale_budget_is_solved_again_tightened() -> None:
+    """Even with rows scaled to a smallest coefficient of 1, HiGHS can take an allocation over a budget whose
+    costs span 1 to 1e7 within its tolerances; the solve is repeated with that budget tightened by the excess
+    (a fuzz case: the allocation was refused as unfittable)."""
+    import itertools
+
+    sens = {
+        "m0": {2: 0.57, 3: 0.2, 4: 0.9, 5: 0.136, 6: 0.91, 8: 0.75},
+        "m1": {2: 0.1, 3: 0.19, 4: 0.66, 5: 0.07, 6: 0.169, 8: 0.15},
+        "m2": {2: 0.6, 3: 0.38, 4: 0.0, 5: 1.0, 6: 0.15, 8: 0.21},
+        "m3": {2: 0.1, 3: 0.2, 4: 1.0, 5: 0.293, 6: 0.4, 8: 0.48},
+    }
+    sizes = {"m0": 25, "m1": 7, "m2": 20, "m3": 6}
+    extra = [
+        ExtraBudget(name, cost, limit)
+        for name, cost, limit in [
+            (
+                "e0",
+                {
+                    "m0": {2: 7.0, 3: 9.12, 4: 9.0, 5: 9.0, 6: 4.94, 8: 8.3},
+                    "m1": {2: 7760000.0, 3: 2.0, 4: 9400000.0, 5: 5.26, 6: 6.2, 8: 8400000.0},
+                    "m2": {2: 6200000.0, 3: 1.0, 4: 2280000.0, 5: 1100000.0, 6: 1.0, 8: 410000.0},
+                    "m3": {2: 7.0, 3: 8.6, 4: 4.0, 5: 7900000.0, 6: 6.1, 8: 5.62},
+                },
+                10040013.0,
+            ),
+            (
+                "e1",
+                {
+                    "m0": {2: 7.09, 3: 4.1, 4: 6.71, 5: 1.42, 6: 6.5, 8: 8.28},
+                    "m1": {2: 0.0, 3: 9.15, 4: 4.0, 5: 7.6, 6: 7.9, 8: 0.16},
+                    "m2": {2: 1.1, 3: 7.14, 4: 1.0, 5: 6.51, 6: 5.1, 8: 5.34},
+                    "m3": {2: 8.56, 3: 8.2, 4: 6.0, 5: 3.0, 6: 7.54, 8: 1.0},
+                },
+                15.3,
+            ),
+        ]
+    ]
+
+    def fits(choice: dict[str, int]) -> bool:
+        within = [sum(e.cost[m][b] for m, b in choice.items()) <= e.limit for e in extra]
+        return sum(sizes[m] * b for m, b in choice.items()) <= 331.0 and all(within)
+
+    options = [
+        dict(zip(sens, bits, strict=True)) for bits in itertools.product(*(list(sens[m]) for m in sens))
+    ]
+    best = min((c for c in options if fits(c)), key=lambda c: sum(sens[m][b] for m, b in c.items()))
+    chosen = allocate_bits(sens, sizes, 331.0, extra=extra)
+    assert fits(chosen)
+    assert sum(sens[m][b] for m, b in chosen.items()) == pytest.approx(
+        sum(sens[m][b] for m, b in best.items())
+    )
