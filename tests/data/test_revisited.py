@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,6 +30,19 @@ from nncf_ext.errors import DataError
 TINY = SynthConfig(
     num_places=4, easy_views=2, hard_views=2, junk_views=1, distractors=6, image_size=48, query_size=64
 )
+
+
+def foreign_copy(root: Path, tmp_path: Path) -> dict[str, Any]:
+    """The tiny set's ground truth, to edit and write beside its images (linked) under ``tmp_path``."""
+    with open(root / "gnd_tiny.pkl", "rb") as f:
+        raw = pickle.load(f)
+    (tmp_path / "jpg").symlink_to(root / "jpg")
+    return raw
+
+
+def write_gnd(path: Path, raw: dict[str, Any]) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(raw, f)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +119,7 @@ def test_missing_and_malformed_files_are_named(dataset: tuple[Path, RenderedPlac
     (broken / "jpg").mkdir(parents=True)
     for name in raw["qimlist"] + raw["imlist"][1:]:
         (broken / "jpg" / f"{name}.jpg").write_bytes((root / "jpg" / f"{name}.jpg").read_bytes())
-    with open(broken / "gnd_broken.pkl", "wb") as f:
-        pickle.dump(raw, f)
+    write_gnd(broken / "gnd_broken.pkl", raw)
     with pytest.raises(DataError, match=r"img_00000\.jpg: image not found"):
         load_revisited(broken)
     (broken / "jpg" / "img_00000.jpg").write_bytes(b"not a jpeg")
@@ -115,8 +128,7 @@ def test_missing_and_malformed_files_are_named(dataset: tuple[Path, RenderedPlac
         PoolImages(data, 32)[0]
     for outside in (99, len(raw["imlist"])):  # one past the end too
         raw["gnd"][1]["hard"] = [outside]
-        with open(broken / "gnd_broken.pkl", "wb") as f:
-            pickle.dump(raw, f)
+        write_gnd(broken / "gnd_broken.pkl", raw)
         with pytest.raises(
             DataError, match=r"gnd_broken\.pkl: gnd\[1\]\['hard'\] has an index outside imlist"
         ):
@@ -133,8 +145,7 @@ def test_missing_and_malformed_files_are_named(dataset: tuple[Path, RenderedPlac
         (None, r"gnd\[1\] must be a dict, got NoneType"),
     ):
         raw["gnd"][1] = entry
-        with open(broken / "gnd_broken.pkl", "wb") as f:
-            pickle.dump(raw, f)
+        write_gnd(broken / "gnd_broken.pkl", raw)
         if message is None:
             assert load_revisited(broken).gnd[1]["hard"] == [1, 2]
         else:
@@ -172,8 +183,7 @@ def test_original_oxford5k_ground_truth_loads_and_scores_with_the_original_proto
     (original / "jpg").symlink_to(root / "jpg")
     # cirtorch's gnd_oxford5k.pkl: good + ok merged under "ok", junk
     raw["gnd"] = [{"bbx": e["bbx"], "ok": e["easy"] + e["hard"], "junk": e["junk"]} for e in raw["gnd"]]
-    with open(original / "gnd_oxford5k.pkl", "wb") as f:
-        pickle.dump(raw, f)
+    write_gnd(original / "gnd_oxford5k.pkl", raw)
     data = load_revisited(original)
     assert data.gnd[1]["ok"] == raw["gnd"][1]["ok"] and data.gnd[1]["junk"] == raw["gnd"][1]["junk"]
     db = torch.eye(data.num_database)
@@ -187,8 +197,7 @@ def test_original_oxford5k_ground_truth_loads_and_scores_with_the_original_proto
     tuples = TrainingTuples(data, image_size=32, num_negatives=3, seed=0)
     assert len(tuples) > 0
     raw["gnd"][0].pop("ok")
-    with open(original / "gnd_oxford5k.pkl", "wb") as f:
-        pickle.dump(raw, f)
+    write_gnd(original / "gnd_oxford5k.pkl", raw)
     with pytest.raises(DataError, match=r"gnd\[0\] lacks \['easy', 'hard'\]"):
         load_revisited(original)
 
@@ -302,11 +311,8 @@ def test_set_tuples_never_truncates_and_takes_lists(dataset: tuple[Path, Rendere
 def test_foreign_ground_truth_containers_are_named(
     dataset: tuple[Path, RenderedPlaces], tmp_path: Path, change: dict[str, object], message: str
 ) -> None:
-    with open(dataset[0] / "gnd_tiny.pkl", "rb") as f:
-        raw = pickle.load(f)
-    (tmp_path / "jpg").symlink_to(dataset[0] / "jpg")
-    with open(tmp_path / "gnd_foreign.pkl", "wb") as f:
-        pickle.dump({**raw, **change}, f)
+    raw = foreign_copy(dataset[0], tmp_path)
+    write_gnd(tmp_path / "gnd_foreign.pkl", {**raw, **change})
     with pytest.raises(DataError, match=message):
         load_revisited(tmp_path)
 
@@ -314,9 +320,7 @@ def test_foreign_ground_truth_containers_are_named(
 def test_an_empty_query_box_fails_at_load_not_at_read(
     dataset: tuple[Path, RenderedPlaces], tmp_path: Path
 ) -> None:
-    with open(dataset[0] / "gnd_tiny.pkl", "rb") as f:
-        raw = pickle.load(f)
-    (tmp_path / "jpg").symlink_to(dataset[0] / "jpg")
+    raw = foreign_copy(dataset[0], tmp_path)
     good = raw["gnd"][1]["bbx"]
     for bbx in (
         [40, 40, 10, 10],
@@ -325,13 +329,11 @@ def test_an_empty_query_box_fails_at_load_not_at_read(
         [10.2, 0, 10.4, 30],
     ):  # rounds to x1 == x2
         raw["gnd"][1]["bbx"] = bbx
-        with open(tmp_path / "gnd_box.pkl", "wb") as f:
-            pickle.dump(raw, f)
+        write_gnd(tmp_path / "gnd_box.pkl", raw)
         with pytest.raises(DataError, match=r"gnd_box\.pkl: gnd\[1\]\['bbx'\] .* is empty"):
             load_revisited(tmp_path)
     raw["gnd"][1]["bbx"] = [-3.0, -2.0, *good[2:]]  # partly outside the image: cropped to it, as before
-    with open(tmp_path / "gnd_box.pkl", "wb") as f:
-        pickle.dump(raw, f)
+    write_gnd(tmp_path / "gnd_box.pkl", raw)
     assert load_revisited(tmp_path).gnd[1]["bbx"] == [-3.0, -2.0, *good[2:]]
 
 
@@ -339,12 +341,9 @@ def test_ground_truth_lists_stored_as_numpy_arrays_load(
     dataset: tuple[Path, RenderedPlaces], tmp_path: Path
 ) -> None:
     """Pickles written from numpy keep names and entries in 1-D arrays; any iterable loaded before."""
-    with open(dataset[0] / "gnd_tiny.pkl", "rb") as f:
-        raw = pickle.load(f)
-    (tmp_path / "jpg").symlink_to(dataset[0] / "jpg")
+    raw = foreign_copy(dataset[0], tmp_path)
     arrays = {key: np.array(raw[key], dtype=object) for key in ("imlist", "qimlist", "gnd")}
-    with open(tmp_path / "gnd_arrays.pkl", "wb") as f:
-        pickle.dump({**raw, **arrays}, f)
+    write_gnd(tmp_path / "gnd_arrays.pkl", {**raw, **arrays})
     loaded = load_revisited(tmp_path)
     assert loaded.imlist == list(raw["imlist"]) and loaded.qimlist == list(raw["qimlist"])
     assert len(loaded.gnd) == len(raw["gnd"])
