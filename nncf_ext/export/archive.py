@@ -9,8 +9,9 @@ sign of zero: a quantizer's ``-0.0`` comes back as ``0.0``)::
     nncf_ext.save_archive(compressed_model, "model.dca")
     plain_model.load_state_dict(nncf_ext.load_archive("model.dca"))
 
-File: ``MAGIC``, an 8-byte header length, a zlib-compressed JSON header (its ``format``: ``FORMAT``; format 1
-is read too), then the blobs it points to.
+File: ``MAGIC``, an 8-byte header length, a zlib-compressed JSON header (its ``format``: ``FORMAT``; formats 1
+to 3 are read too), then the blobs it points to. The header holds the CRC-32 of the blobs, so a damaged
+payload is refused rather than loaded as other weights (zlib checks the header itself).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ from nncf_ext.storage import (
 
 MAGIC = b"NNCFEXT-DC\x00\x01"
 # 2: raw weight streams in the weight's dtype (1 wrote them as float32 whatever the dtype);
-# 3: tied tensors as {"name", "alias_of"} entries, codebooks in the weight's dtype. All three are read.
-FORMAT = 3
+# 3: tied tensors as {"name", "alias_of"} entries, codebooks in the weight's dtype;
+# 4: the CRC-32 of the payload in the header ("crc32"). All four are read.
+FORMAT = 4
 
 
 # -- bit packing -----------------------------------------------------------------------------------------
@@ -223,7 +225,11 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
             continue
         stored[key] = name
         tensors.append({"name": name, "raw": _tensor_blob(blobs, tensor.detach(), name)})
-    header = zlib.compress(json.dumps({"format": FORMAT, "block": BLOCK, "tensors": tensors}).encode(), 9)
+    crc = 0
+    for part in blobs.parts:
+        crc = zlib.crc32(part, crc)
+    content = {"format": FORMAT, "block": BLOCK, "crc32": crc, "tensors": tensors}
+    header = zlib.compress(json.dumps(content).encode(), 9)
     if path.is_dir():
         raise ExportError(f"cannot write the archive {path}: it is a directory")
     try:
@@ -338,7 +344,7 @@ def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
         tensors, version = header["tensors"], header["format"]
     except (zlib.error, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: corrupt archive header ({e})") from None
-    if version not in (1, 2, FORMAT):
+    if version not in (1, 2, 3, FORMAT):
         raise CheckpointError(
             f"{path}: archive format {version!r}; this nncf-ext reads formats 1 to {FORMAT} (a newer writer?)"
         )
@@ -366,4 +372,6 @@ def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
         state[name] = state[target]
     if payload.end != len(payload.data):
         raise CheckpointError(f"{path}: {len(payload.data) - payload.end} bytes after the last tensor's data")
+    if version >= 4 and header.get("crc32") != zlib.crc32(payload.data):
+        raise CheckpointError(f"{path}: the payload does not match its checksum (a damaged file)")
     return state

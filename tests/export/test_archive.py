@@ -223,14 +223,54 @@ def test_an_archive_of_an_unknown_format_is_refused(tmp_path: Path, example_inpu
     nncf_ext.save_archive(model, tmp_path / "m.dca")
 
     def next_format(header: dict[str, Any]) -> None:
-        assert header["format"] == 3
-        header["format"] = 4
+        assert header["format"] == 4
+        header["format"] = 5
 
     _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", next_format)
     with pytest.raises(
-        CheckpointError, match=r"t\.dca: archive format 4; this nncf-ext reads formats 1 to 3"
+        CheckpointError, match=r"t\.dca: archive format 5; this nncf-ext reads formats 1 to 4"
     ):
         nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+def test_every_single_bit_flip_in_the_payload_is_refused(tmp_path: Path) -> None:
+    """Before format 4 about half of them loaded silently, as other weights."""
+    model = sparse_clustered_wide()
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+    data = (tmp_path / "m.dca").read_bytes()
+    start = len(MAGIC) + 8
+    payload_at = start + int.from_bytes(data[len(MAGIC) : start], "little")
+    assert nncf_ext.load_archive(tmp_path / "m.dca").keys() == {"fc.weight"}
+    rng = torch.Generator().manual_seed(0)
+    positions = torch.randint(payload_at, len(data), (60,), generator=rng).tolist()
+    for at, bit in zip(positions, torch.randint(0, 8, (60,), generator=rng).tolist(), strict=True):
+        damaged = bytearray(data)
+        damaged[at] ^= 1 << bit
+        (tmp_path / "t.dca").write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match=r"t\.dca: "):
+            nncf_ext.load_archive(tmp_path / "t.dca")
+
+
+def test_a_format_3_archive_without_a_checksum_still_loads(tmp_path: Path) -> None:
+    model = sparse_clustered_wide()
+    nncf_ext.save_archive(model, tmp_path / "m.dca")
+
+    def format_3(header: dict[str, Any]) -> None:
+        del header["crc32"]
+        header["format"] = 3
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "t.dca", format_3)
+    state = nncf_ext.load_archive(tmp_path / "t.dca")
+    expected = _stored_tensors(model)
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+    def wrong_checksum(header: dict[str, Any]) -> None:
+        header["crc32"] ^= 1
+
+    _edit_header(tmp_path / "m.dca", tmp_path / "c.dca", wrong_checksum)
+    with pytest.raises(CheckpointError, match=r"c\.dca: the payload does not match its checksum"):
+        nncf_ext.load_archive(tmp_path / "c.dca")
 
 
 class Tied(torch.nn.Module):
