@@ -275,6 +275,11 @@ def load_annotations(
                 R = _finite(gt["cam_R_m2c"], (3, 3), f"{where}.cam_R_m2c")
                 _check_rotation(R, f"{where}.cam_R_m2c")
                 t = _finite(gt["cam_t_m2c"], (3,), f"{where}.cam_t_m2c")
+                if t[2] <= 0:
+                    raise DataError(
+                        f"{where}.cam_t_m2c: t_z = {t[2]:g} puts the object at or behind the camera "
+                        "(BOP's camera looks along +z)"
+                    )
                 out.append(Annotation(scene, int(key), gt_idx, obj_id, R, t, K, visib))
     return out
 

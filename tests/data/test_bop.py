@@ -284,6 +284,12 @@ def test_image_size_is_checked_in_the_constructor(bop_root: Path, dataset: type,
         ),
         (
             "scene_gt.json",
+            lambda d: d["1"][0].update(cam_t_m2c=[10, -5, -400]),
+            r"\[1\]\[0\].cam_t_m2c: t_z = -400 puts the object at or behind the camera",
+        ),
+        ("scene_gt.json", lambda d: d["0"][0].update(cam_t_m2c=[0, 0, 0]), r"t_z = 0 puts the object"),
+        (
+            "scene_gt.json",
             lambda d: d["0"][0]["cam_R_m2c"].__setitem__(4, float("nan")),
             "cam_R_m2c: not finite",
         ),
