@@ -264,17 +264,22 @@ def test_a_parameter_used_elementwise_is_stored_as_integers(
     assert len(codes) == 1 and list(codes[0].get_output_shape(0)) == [1, 8, 8, 8]  # as OpenVINO unsqueezed it
 
 
+def constant_types(xml_path: Path) -> dict[str, str]:
+    """Element type of every Constant of the IR, by friendly name."""
+    return {
+        op.get_friendly_name(): op.get_output_element_type(0).get_type_name()
+        for op in ov.Core().read_model(xml_path).get_ops()
+        if op.get_type_name() == "Constant"
+    }
+
+
 def test_fp16_reaches_only_constants_that_no_fake_quantize_follows(
     tmp_path: Path, example_input: torch.Tensor
 ) -> None:
     model, _ = compressed(CASES["int8-acts"][0], example_input)
     result = nncf_ext.export_openvino(model, example_input, tmp_path / "model.xml", compress_to_fp16=True)
     assert result.parity is not None and result.parity.max_rel < 1e-3
-    types = {
-        op.get_friendly_name(): op.get_output_element_type(0).get_type_name()
-        for op in ov.Core().read_model(result.xml_path).get_ops()
-        if op.get_type_name() == "Constant"
-    }
+    types = constant_types(result.xml_path)
     # the first convolution feeds the quantized input of the second; the classifier is last
     assert types["features.0.weight/scale"] == "f32"
     assert types["fc.weight/scale/fp16"] == "f16"
@@ -288,11 +293,7 @@ def test_fp16_reaches_only_constants_that_no_fake_quantize_follows(
     model, _ = compressed(entries, example_input)
     result = nncf_ext.export_openvino(model, example_input, tmp_path / "cb.xml", compress_to_fp16=True)
     assert result.parity is not None and result.parity.max_rel < 1e-3
-    types = {
-        op.get_friendly_name(): op.get_output_element_type(0).get_type_name()
-        for op in ov.Core().read_model(result.xml_path).get_ops()
-        if op.get_type_name() == "Constant"
-    }
+    types = constant_types(result.xml_path)
     assert types["features.0.weight/codebook"] == "f32" and types["fc.weight/codebook"] == "f16"
 
 
