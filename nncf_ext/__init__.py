@@ -26,7 +26,14 @@ from nncf_ext.errors import (
     NNCFExtError,
     ParityError,
 )
-from nncf_ext.export import ExportResult, ParityReport, export_openvino, load_archive, save_archive
+from nncf_ext.export import (
+    ExportResult,
+    ParityReport,
+    export_openvino,
+    load_archive,
+    round_to_float16,
+    save_archive,
+)
 from nncf_ext.pipeline import CompressionPipeline, create_compression
 from nncf_ext.scopes import Scope, WeightInfo
 from nncf_ext.serialization import get_config, load_from_config
@@ -58,5 +65,6 @@ __all__ = [
     "load_archive",
     "load_config",
     "load_from_config",
+    "round_to_float16",
     "save_archive",
 ]

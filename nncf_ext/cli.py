@@ -131,10 +131,12 @@ def _example_input(module: Any) -> Any:
 
 def _export(args: argparse.Namespace) -> int:
     from lightning_modules.tasks import load_compressed, network
-    from nncf_ext.export import export_openvino, save_archive
+    from nncf_ext.export import export_openvino, round_to_float16, save_archive
 
     _, module, _ = load_compressed(args.checkpoint)
     model = network(module)
+    if args.round_fp16:
+        round_to_float16(model)
     result = export_openvino(
         model,
         _example_input(module),
@@ -238,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp16",
         action="store_true",
         help="store float weights, scales and codebooks in fp16 (not those before a FakeQuantize)",
+    )
+    export.add_argument(
+        "--round-fp16",
+        action="store_true",
+        help="round the model's floats to float16 values first: the archive stores them in 2 bytes, "
+        "and the IR and the archive hold the same values",
     )
     export.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error of the IR")
     export.add_argument("--no-check", action="store_true", help="skip the parity check against torch")

@@ -3,7 +3,8 @@
 Sizes follow Deep Compression: quantized values at their bit-width, codebooks at ``codebook_bits`` per
 entry, sparse layers in CSR with relative indices (fillers when a gap overflows the index width), each
 layer stored in whichever of dense and CSR is smaller. Parameters without compression hooks are counted
-dense at their own precision.
+dense at their own precision; the Huffman and entropy sizes, an archive's, count float16 where that holds a
+tensor's values exactly (codebooks and quantizer ranges too), as an archive stores it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from nncf_ext.errors import ModelError
 from nncf_ext.hooks import weight_hooks
 from nncf_ext.model import get_weight
-from nncf_ext.storage import ir_bytes, layer_streams, storage_layout, weight_storage
+from nncf_ext.storage import ir_bytes, layer_streams, storage_layout, stored_bits, weight_storage
 
 
 @dataclass
@@ -65,6 +66,7 @@ class CompressionStatistic:
     layers: list[LayerStatistic] = field(default_factory=list)
     other_params: int = 0
     other_bytes: float = 0.0
+    other_stored_bytes: float = 0.0  # as an archive stores them: float16 where that holds them exactly
 
     @property
     def params(self) -> int:
@@ -103,11 +105,11 @@ class CompressionStatistic:
 
     @property
     def huffman_bytes(self) -> float:
-        return sum(s.huffman_bytes for s in self.layers) + self.other_bytes
+        return sum(s.huffman_bytes for s in self.layers) + self.other_stored_bytes
 
     @property
     def entropy_bytes(self) -> float:
-        return sum(s.entropy_bytes for s in self.layers) + self.other_bytes
+        return sum(s.entropy_bytes for s in self.layers) + self.other_stored_bytes
 
     @property
     def ir_bytes(self) -> float:
@@ -134,6 +136,7 @@ class CompressionStatistic:
             "layers": layers,
             "other_params": self.other_params,
             "other_bytes": self.other_bytes,
+            "other_stored_bytes": self.other_stored_bytes,
             "other_bits": self.other_bits,
             "params": self.params,
             "nonzeros": self.nonzeros,
@@ -256,4 +259,5 @@ def compression_statistic(
             continue
         stat.other_params += param.numel()
         stat.other_bytes += param.numel() * param.element_size()
+        stat.other_stored_bytes += stored_bits(param) / 8
     return stat

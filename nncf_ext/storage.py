@@ -23,6 +23,24 @@ from nncf_ext.huffman import HuffmanSize, huffman_size
 from nncf_ext.quantizers import quantizer_codes
 
 MAX_INDEX_BITS = 16
+HALF_HOLDS = {torch.float32: torch.int32, torch.float64: torch.int64}  # dtypes float16 may hold, bit views
+
+
+def as_float16(tensor: torch.Tensor) -> torch.Tensor | None:
+    """``tensor`` in float16 where that keeps every bit of its (float32 / float64) values, else None: such a
+    tensor is stored in 2 bytes per value (:func:`~nncf_ext.export.rounding.round_to_float16` makes a model's
+    floats so)."""
+    bits = HALF_HOLDS.get(tensor.dtype)
+    if bits is None or tensor.numel() == 0:
+        return None
+    tensor = tensor.detach().cpu().contiguous()
+    half = tensor.to(torch.float16)
+    return half if torch.equal(half.to(tensor.dtype).view(bits), tensor.view(bits)) else None
+
+
+def stored_bits(tensor: torch.Tensor) -> int:
+    """Bits an archive spends on ``tensor`` stored raw: 16 per value where float16 holds it exactly."""
+    return tensor.numel() * (16 if as_float16(tensor) is not None else tensor.element_size() * 8)
 
 
 # -- values ----------------------------------------------------------------------------------------------
@@ -48,14 +66,15 @@ class WeightStorage:
     quantizer: BaseQuantizer | None = None  # int: the NNCF quantizer whose levels the codes are
 
     def metadata_bits(self, codebook_bits: int = 32) -> int:
-        """Codebook entries (``codebook_bits`` each) or the quantizer's state as an archive stores it: its
-        fp32 ranges (per channel) and its small integer buffers (``num_bits``, ``enabled``, ...)."""
+        """Codebook entries (``codebook_bits`` each, 16 where float16 holds them) or the quantizer's state as
+        an archive stores it: its ranges (per channel) and its small integer buffers (``num_bits``, ...)."""
         if self.kind == "codebook":
             assert self.codebook is not None
-            return self.codebook.numel() * codebook_bits
+            exact_half = as_float16(self.codebook) is not None
+            return self.codebook.numel() * (min(codebook_bits, 16) if exact_half else codebook_bits)
         if self.kind == "int":
             assert self.quantizer is not None
-            return sum(t.numel() * t.element_size() * 8 for t in self.quantizer.state_dict().values())
+            return sum(stored_bits(t) for t in self.quantizer.state_dict().values())
         return 0
 
 
@@ -266,7 +285,9 @@ class Stream:
     """One sequence of symbols to store: value codes, relative-index codes, or raw float bits."""
 
     name: str
-    symbols: np.ndarray  # int64 codes, or raw values in the weight's dtype (bfloat16 as its int16 bits)
+    symbols: (
+        np.ndarray
+    )  # int64 codes, or raw values as stored (float16, or the weight's dtype; bfloat16 as int16)
     alphabet: int  # 0 for raw float values
     fixed_bits: int  # bits per symbol without entropy coding
 
@@ -308,8 +329,10 @@ def layer_streams(effective: torch.Tensor, storage: WeightStorage, layout: Spars
             values[is_real] = storage.codes.reshape(-1)[nonzero]
     else:
         values = flat if storage.codes is None else storage.codes.reshape(-1)
-    if storage.codes is None:
-        streams.append(Stream("values", raw_array(values), 0, storage.bits))
+    if storage.codes is None:  # raw floats: in float16 where that holds them (an archive stores them so)
+        half = as_float16(values)
+        raw = raw_array(values) if half is None else half.numpy()
+        streams.append(Stream("values", raw, 0, 16 if half is not None else storage.bits))
     else:
         streams.append(Stream("values", values.numpy().astype(np.int64), storage.alphabet, storage.bits))
     return streams

@@ -144,6 +144,10 @@ def test_export_and_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["export", str(out / "compressed.pt"), "--output", str(half), "--fp16"]) == 0
     assert json.loads(capsys.readouterr().out)["parity"]["ok"]
     assert half.with_suffix(".bin").stat().st_size < xml.with_suffix(".bin").stat().st_size
+    rounded = ["--output", str(half), "--archive", str(tmp_path / "r.dca"), "--round-fp16"]
+    assert main(["export", str(out / "compressed.pt"), *rounded]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parity"]["ok"] and summary["archive"]["nbytes"] < (tmp_path / "m.dca").stat().st_size
     assert (
         main(
             [

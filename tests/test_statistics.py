@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -170,8 +171,15 @@ def test_other_parameters_show_their_own_bits() -> None:
     assert nncf_ext.compression_statistic(nn.Sequential()).to_dict()["other_bits"] == 0
 
 
-def test_codebooks_count_in_every_size_and_totals_use_each_dtype() -> None:
+@pytest.mark.parametrize(
+    ("shift", "entry_bits"),
+    [(0.0, 16), (1e-4, 32)],  # centroids that float16 holds exactly are stored in it (as an archive does)
+)
+def test_codebooks_count_in_every_size_and_totals_use_each_dtype(shift: float, entry_bits: int) -> None:
     model = sparse_model()
+    with torch.no_grad():
+        flat = model.fc.weight.view(-1)
+        flat[[0, 1, 5, 20]] += shift
     config = {
         "compression": [
             {"algorithm": "threshold_pruning", "threshold": 0.01},
@@ -181,12 +189,13 @@ def test_codebooks_count_in_every_size_and_totals_use_each_dtype() -> None:
     nncf_ext.create_compression(model, config, torch.randn(1, 4))
     stat = nncf_ext.compression_statistic(model)
     (layer,) = stat.layers
-    assert layer.codebook_entries == 4 and layer.metadata_bits == 4 * 32  # zero + 3 centroids, fp32
-    assert layer.nonzero_bytes == (4 * 2 + 128) / 8
+    book = 4 * entry_bits  # zero + 3 centroids
+    assert layer.codebook_entries == 4 and layer.metadata_bits == book
+    assert layer.nonzero_bytes == (4 * 2 + book) / 8
     # CSR: 4 entries of a 4-bit gap and a 2-bit code, plus the codebook
-    assert layer.compressed_bytes == (4 * (4 + 2) + 128) / 8
+    assert layer.compressed_bytes == (4 * (4 + 2) + book) / 8
     # Huffman streams: gaps and codes (at least 1 bit per entry each), plus the codebook
-    assert layer.entropy_bytes >= 128 / 8 and layer.huffman_bytes >= (4 * 2 + 128) / 8
+    assert layer.entropy_bytes >= book / 8 and layer.huffman_bytes >= (4 * 2 + book) / 8
     assert layer.huffman_bytes <= layer.compressed_bytes
     # totals: the other parameters (the bias) count as stored, and sparsity only over compressed weights
     assert stat.nonzeros == 4 + 8 and stat.sparsity == 28 / 32

@@ -10,8 +10,10 @@ sign of zero: a quantizer's ``-0.0`` comes back as ``0.0``)::
     plain_model.load_state_dict(nncf_ext.load_archive("model.dca"))
 
 File: ``MAGIC``, an 8-byte header length, a zlib-compressed JSON header (its ``format``: ``FORMAT``; formats 1
-to 3 are read too), then the blobs it points to. The header holds the CRC-32 of the blobs, so a damaged
-payload is refused rather than loaded as other weights (zlib checks the header itself).
+to 4 are read too), then the blobs it points to. The header holds the CRC-32 of the blobs, so a damaged
+payload is refused rather than loaded as other weights (zlib checks the header itself). A float32 / float64
+tensor whose every value is a float16 value is stored in 2 bytes per value and read back bit for bit; a model
+passed through :func:`~nncf_ext.export.rounding.round_to_float16` keeps all its uncompressed floats so.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from nncf_ext.model import get_weight
 from nncf_ext.serialization import ALLOWED_MODULES, _plain, _tuples
 from nncf_ext.storage import (
     WeightStorage,
+    as_float16,
     int_values,
     layer_streams,
     positions_from_codes,
@@ -49,8 +52,9 @@ from nncf_ext.storage import (
 MAGIC = b"NNCFEXT-DC\x00\x01"
 # 2: raw weight streams in the weight's dtype (1 wrote them as float32 whatever the dtype);
 # 3: tied tensors as {"name", "alias_of"} entries, codebooks in the weight's dtype;
-# 4: the CRC-32 of the payload in the header ("crc32"). All four are read.
-FORMAT = 4
+# 4: the CRC-32 of the payload in the header ("crc32");
+# 5: float tensors that float16 holds exactly stored as float16 ("stored": "float16"). All five are read.
+FORMAT = 5
 
 
 # -- bit packing -----------------------------------------------------------------------------------------
@@ -83,11 +87,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _tensor_blob(blobs: _Blobs, tensor: torch.Tensor, name: str) -> dict[str, Any]:
+    half = as_float16(tensor)
     try:
-        array = raw_array(tensor)
+        array = raw_array(tensor if half is None else half)
     except TypeError:
         raise ExportError(f"cannot store the tensor '{name}' of dtype {tensor.dtype}") from None
-    return {**blobs.add(array.tobytes()), "dtype": _dtype_name(tensor.dtype), "shape": list(array.shape)}
+    ref = {**blobs.add(array.tobytes()), "dtype": _dtype_name(tensor.dtype), "shape": list(array.shape)}
+    if half is not None:
+        ref["stored"] = "float16"
+    return ref
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -103,6 +111,14 @@ def _numpy_dtype(name: str) -> np.dtype:
 def _from_numpy(array: np.ndarray, dtype: str) -> torch.Tensor:
     tensor = torch.from_numpy(array.copy())
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def _stored_dtype(ref: dict[str, Any], dtype: str) -> str:
+    """The dtype a tensor of ``dtype`` was written in: its own, or float16 where that held it exactly."""
+    stored = ref.get("stored", dtype)
+    if stored != dtype and (stored != "float16" or dtype not in ("float32", "float64")):
+        raise CheckpointError(f"a {dtype} tensor cannot be stored as {stored!r}")
+    return str(stored)
 
 
 class _Payload:
@@ -125,18 +141,22 @@ class _Payload:
         return bytes(self.data[offset : offset + size])
 
     def tensor(self, ref: dict[str, Any]) -> torch.Tensor:
-        dtype = _numpy_dtype(ref["dtype"])
+        stored = _stored_dtype(ref, ref["dtype"])
+        dtype = _numpy_dtype(stored)
         shape = [int(n) for n in ref["shape"]]
         data = self.blob(ref, int(np.prod(shape)) * dtype.itemsize)
-        return _from_numpy(np.frombuffer(data, dtype=dtype).reshape(shape), ref["dtype"])
+        tensor = _from_numpy(np.frombuffer(data, dtype=dtype).reshape(shape), stored)
+        return tensor if stored == ref["dtype"] else tensor.to(WEIGHT_DTYPES[ref["dtype"]])
 
 
 # -- writer ----------------------------------------------------------------------------------------------
-def _write_stream(blobs: _Blobs, stream: Any) -> dict[str, Any]:
+def _write_stream(blobs: _Blobs, stream: Any, dtype: str) -> dict[str, Any]:
     coding, _, _ = stream.stored_bits()
     entry: dict[str, Any] = {"name": stream.name, "count": int(stream.symbols.size), "coding": coding}
-    if stream.is_raw:  # the weight's own dtype, as the size accounting counts it
+    if stream.is_raw:  # as stored: float16 where that holds every value, else the weight's dtype
         entry["data"] = blobs.add(stream.symbols.tobytes())
+        if stream.symbols.dtype == np.float16 and dtype != "float16":
+            entry["stored"] = "float16"
     elif coding == "fixed":
         entry.update(bits=stream.fixed_bits, data=blobs.add(pack_fixed(stream.symbols, stream.fixed_bits)))
     else:
@@ -210,7 +230,10 @@ def save_archive(model: nn.Module, path: str | Path) -> ArchiveInfo:
                     "entries": layout.entries,
                 },
                 "values": _write_values(blobs, storage, name),
-                "streams": [_write_stream(blobs, s) for s in layer_streams(effective, storage, layout)],
+                "streams": [
+                    _write_stream(blobs, s, _dtype_name(effective.dtype))
+                    for s in layer_streams(effective, storage, layout)
+                ],
             }
         )
     # a tensor the state dict lists under several names (tied weights) is stored once, the other names as
@@ -255,11 +278,12 @@ WEIGHT_DTYPES = {
 
 
 def _read_stream(payload: _Payload, entry: dict[str, Any], dtype: str) -> np.ndarray:
-    """The symbols of a stream, or its raw values (as stored: ``dtype``, bfloat16 as int16)."""
+    """The symbols of a stream, or its raw values in the weight's ``dtype`` (bfloat16 as int16)."""
     count = int(entry["count"])
     if "bits" not in entry and "alphabet" not in entry:
-        stored = _numpy_dtype(dtype)
-        return np.frombuffer(payload.blob(entry["data"], count * stored.itemsize), dtype=stored).copy()
+        stored = _numpy_dtype(_stored_dtype(entry, dtype))
+        values = np.frombuffer(payload.blob(entry["data"], count * stored.itemsize), dtype=stored)
+        return values.astype(_numpy_dtype(dtype))  # a copy, in the weight's dtype
     if entry["coding"] == "fixed":
         bits = int(entry["bits"])
         return unpack_fixed(payload.blob(entry["data"], (count * bits + 7) // 8), bits, count)
@@ -344,7 +368,7 @@ def load_archive(path: str | Path) -> dict[str, torch.Tensor]:
         tensors, version = header["tensors"], header["format"]
     except (zlib.error, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: corrupt archive header ({e})") from None
-    if version not in (1, 2, 3, FORMAT):
+    if version not in (1, 2, 3, 4, FORMAT):
         raise CheckpointError(
             f"{path}: archive format {version!r}; this nncf-ext reads formats 1 to {FORMAT} (a newer writer?)"
         )
