@@ -3,6 +3,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import nncf_ext
 from lightning_modules.data.places_synth import SynthConfig
@@ -82,3 +83,8 @@ def test_tiny_demo_writes_table_plot_archives_and_irs(tmp_path: Path) -> None:
     assert json.loads((out / "configs" / f"{ours['name']}.json").read_text())["compression"][3]["bits"] == 5
     stored = load_archive(out / "archives" / f"{ours['name']}.dca")
     assert len(stored["netvlad.centroids"].unique()) <= 32  # NetVLAD's centroids share a 5-bit codebook too
+    # compressed rows keep their floats as float16 values (2 bytes in the archive); the FP32 base does not
+    scale = stored["backbone.features.1.weight"]
+    assert torch.equal(scale, scale.half().float())
+    base_scale = load_archive(out / "archives" / "base_fp32.dca")["backbone.features.1.weight"]
+    assert not torch.equal(base_scale, base_scale.half().float())
