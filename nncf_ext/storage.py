@@ -285,9 +285,8 @@ class Stream:
     """One sequence of symbols to store: value codes, relative-index codes, or raw float bits."""
 
     name: str
-    symbols: (
-        np.ndarray
-    )  # int64 codes, or raw values as stored (float16, or the weight's dtype; bfloat16 as int16)
+    # int64 codes, or raw values as stored: float16, or the weight's dtype (bfloat16 as its int16 bits)
+    symbols: np.ndarray
     alphabet: int  # 0 for raw float values
     fixed_bits: int  # bits per symbol without entropy coding
 
