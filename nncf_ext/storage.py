@@ -23,19 +23,18 @@ from nncf_ext.huffman import HuffmanSize, huffman_size
 from nncf_ext.quantizers import quantizer_codes
 
 MAX_INDEX_BITS = 16
-HALF_HOLDS = {torch.float32: torch.int32, torch.float64: torch.int64}  # dtypes float16 may hold, bit views
+HALF_HOLDS = (torch.float32, torch.float64)  # dtypes whose values float16 may hold exactly
 
 
 def as_float16(tensor: torch.Tensor) -> torch.Tensor | None:
-    """``tensor`` in float16 where that keeps every bit of its (float32 / float64) values, else None: such a
+    """``tensor`` in float16 where that gives back its (float32 / float64) values exactly, else None: such a
     tensor is stored in 2 bytes per value (:func:`~nncf_ext.export.rounding.round_to_float16` makes a model's
-    floats so)."""
-    bits = HALF_HOLDS.get(tensor.dtype)
-    if bits is None or tensor.numel() == 0:
+    floats so). The conversion keeps the sign of zero; a NaN never compares equal, so it stays as it is."""
+    if tensor.dtype not in HALF_HOLDS or tensor.numel() == 0:
         return None
-    tensor = tensor.detach().cpu().contiguous()
+    tensor = tensor.detach().cpu()
     half = tensor.to(torch.float16)
-    return half if torch.equal(half.to(tensor.dtype).view(bits), tensor.view(bits)) else None
+    return half if torch.equal(half.to(tensor.dtype), tensor) else None
 
 
 def stored_bits(tensor: torch.Tensor) -> int:
