@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -176,3 +178,48 @@ def test_a_weight_exactly_at_the_threshold_is_kept() -> None:
     assert float(w.std()) == 2.0
     assert threshold_mask(w, 1.0, "std").tolist() == [True, True, True, True, False]
     assert threshold_mask(torch.tensor([0.5, 0.25]), 0.5, "absolute").tolist() == [True, False]
+
+
+def test_channel_std_mask_on_hand_made_tensor() -> None:
+    """Each row against its own std: the small row keeps its largest entry, where one threshold for the
+    layer (std) prunes it whole."""
+    w = torch.tensor([[0.01, -0.02, 0.03, 0.0], [1.0, -2.0, 3.0, 0.0]])  # row stds 0.0129 and 2.0817
+    assert threshold_mask(w, 1.0, "channel_std").tolist() == [[False, False, True, False]] * 2
+    assert threshold_mask(w, 0.5, "channel_std").tolist() == [[False, True, True, False]] * 2
+    assert threshold_mask(w, 1.0, "std").tolist() == [
+        [False, False, False, False],
+        [False, True, True, False],
+    ]
+
+
+def test_channel_std_is_the_std_criterion_per_output_filter() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 3, 3) * torch.logspace(-3, 2, 6).view(6, 1, 1, 1)  # filters 10^5 apart in scale
+    mask = threshold_mask(w, 0.8, "channel_std")
+    for c in range(w.shape[0]):
+        assert torch.equal(mask[c], threshold_mask(w[c], 0.8, "std"))
+    assert (mask.flatten(1).float().mean(1) > 0.2).all()  # every filter keeps its largest weights
+    assert not threshold_mask(w, 0.8, "std")[:3].any()  # the layer's std prunes the small filters whole
+
+
+def test_channel_std_keeps_channels_of_one_element() -> None:
+    assert threshold_mask(torch.tensor([[0.1], [-5.0], [0.0]]), 10.0, "channel_std").all()
+    assert threshold_mask(torch.tensor(0.3), 10.0, "channel_std").all()
+
+
+def test_channel_std_in_a_pipeline_prunes_every_row_of_a_scaled_layer(example_input: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.randn(4, 8) * torch.tensor([[1e-4], [1e-3], [1e-2], [1.0]]))
+    pruned_rows = {}
+    for criterion in ("std", "channel_std"):
+        net = copy.deepcopy(model)
+        config = pruning_config(0.5, criterion=criterion, target_scope={"names": ["fc.weight"]})
+        assert nncf_ext.load_config(config).to_dict()["compression"][0]["criterion"] == criterion
+        nncf_ext.create_compression(net, config, example_input)
+        (mask,) = masks(net).values()
+        kept = mask.mask.sum(1)
+        pruned_rows[criterion] = int((kept == 0).sum())
+        assert torch.equal(mask.mask, threshold_mask(model.fc.weight.detach(), 0.5, criterion))
+    assert pruned_rows == {"std": 3, "channel_std": 0}

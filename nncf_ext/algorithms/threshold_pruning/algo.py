@@ -1,7 +1,11 @@
 """Threshold pruning (Han et al. 2015; Saha et al. 2017): prune |w| below a scheduled threshold.
 
 Criteria: ``absolute`` prunes ``|w| < t`` with t in weight units (the place-recognition paper's 0.001 ...
-0.05); ``std`` prunes ``|w| < q * std(W)`` per layer (Han et al.; std of the layer's current weights).
+0.05); ``std`` prunes ``|w| < q * std(W)`` per layer (Han et al.; std of the layer's current weights);
+``channel_std`` prunes ``|w| < q * std(W[c])`` per output channel c (a row of a linear layer, a filter of a
+convolution), so every channel keeps its largest weights whatever its scale. That matters where the rows
+differ in scale by design: a PCA-whitening layer's rows are scaled by 1 / sqrt(eigenvalue), and one
+threshold for the layer would prune its high-variance components first.
 Masks are recomputed at each ``epoch_step``. Without regrowth a mask only ever loses entries, and the
 latent weights of pruned entries are held at zero, so nothing drifts back.
 """
@@ -21,7 +25,7 @@ from nncf_ext.model import get_weight
 from nncf_ext.schedulers import ConstantSchedule, Schedule, parse_schedule
 from nncf_ext.scopes import WeightInfo
 
-CRITERIA = ("absolute", "std")
+CRITERIA = ("absolute", "std", "channel_std")
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,17 @@ class ThresholdPruningConfig(AlgorithmConfig):
 
 @torch.no_grad()
 def threshold_mask(weight: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
-    """Boolean keep-mask: True where ``|w| >= t`` (absolute) or ``|w| >= t * std(w)`` (std).
+    """Boolean keep-mask: True where ``|w| >= t`` (absolute), ``|w| >= t * std(w)`` (std) or
+    ``|w| >= t * std(w[c])`` for the entries of output channel ``c = w[c, ...]`` (channel_std).
 
-    A weight of one element has no standard deviation: the std criterion keeps it.
+    A weight (channel_std: a channel) of one element has no standard deviation: the std criteria keep it.
     """
+    if criterion == "channel_std":
+        rows = weight.reshape(weight.shape[0] if weight.dim() else 1, -1)
+        if rows.shape[1] < 2:
+            return torch.ones_like(weight, dtype=torch.bool)
+        std = rows.float().std(dim=1, keepdim=True)
+        return (rows.abs() >= threshold * std).reshape(weight.shape)
     if criterion == "std":
         if weight.numel() < 2:
             return torch.ones_like(weight, dtype=torch.bool)
