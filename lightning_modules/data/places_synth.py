@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -400,9 +401,12 @@ def generate_places(
 
 
 def ensure_places_synth(
-    root: str | Path | None = None, config: SynthConfig = SynthConfig()
+    root: str | Path | None = None,
+    config: SynthConfig = SynthConfig(),
+    datasets: Mapping[str, int] | None = None,
 ) -> dict[str, Path]:
-    """Both embedded datasets under ``root`` (default ``data_root()/places_synth``), generated when missing.
+    """The embedded datasets under ``root`` (default ``data_root()/places_synth``), generated when missing;
+    ``datasets`` (name -> generator seed) replaces :data:`DATASETS`, for more held-out sets of the same kind.
 
     A cached copy is reused when its ``manifest.json`` matches the generator version, seed and config; a
     dataset is written to a temporary directory and renamed into place, so concurrent or interrupted runs
@@ -411,7 +415,7 @@ def ensure_places_synth(
     base = Path(root) if root is not None else data_root() / "places_synth"
     base.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, seed in DATASETS.items():
+    for name, seed in (DATASETS if datasets is None else datasets).items():
         target = base / name
         manifest = {"version": GENERATOR_VERSION, "name": name, "seed": seed, "config": asdict(config)}
 

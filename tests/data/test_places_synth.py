@@ -87,6 +87,16 @@ def test_ensure_writes_disjoint_datasets_and_reuses_the_cache(
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith(".")]  # no temporary copies
 
 
+def test_ensure_writes_only_the_datasets_asked_for(tmp_path: Path) -> None:
+    paths = ensure_places_synth(tmp_path, TINY, {"fresh11": 11, "fresh12": 12})
+    assert set(paths) == {"fresh11", "fresh12"} == {p.name for p in tmp_path.iterdir() if p.is_dir()}
+    assert json.loads((paths["fresh12"] / "manifest.json").read_text())["seed"] == 12
+    with open(paths["fresh11"] / "gnd_fresh11.pkl", "rb") as f:
+        assert len(pickle.load(f)["qimlist"]) == TINY.num_places
+    queries = {(paths[n] / "jpg" / "query_0000.jpg").read_bytes() for n in paths}
+    assert len(queries) == 2  # other seeds, other places
+
+
 def test_default_config_has_at_least_50_places() -> None:
     config = SynthConfig()
     assert config.num_places >= 50 and config.easy_views + config.hard_views >= 4 and config.distractors > 0
