@@ -53,12 +53,15 @@ METRIC = "mAP_medium"
 class RecipeRow:
     """One row of the paper's table: pruning quality ``q`` (x std) for convolutions and for the whitening
     layer, then k-means trained quantization: ``bits`` for convolutions, ``fc_bits`` (default ``bits``) for
-    the whitening layer and NetVLAD's centroids (Deep Compression's 8-bit conv / 5-bit fc split)."""
+    the whitening layer and NetVLAD's centroids (Deep Compression's 8-bit conv / 5-bit fc split).
+    ``fc_criterion`` replaces the template's pruning criterion of the whitening layer: ``"channel_std"``
+    prunes each of its rows against the row's own std (the row name and threshold get a ``c``)."""
 
     conv_q: float
     fc_q: float
     bits: int
     fc_bits: int | None = None
+    fc_criterion: str | None = None
 
     @property
     def whitening_bits(self) -> int:
@@ -69,8 +72,12 @@ class RecipeRow:
         return f"{self.bits}" if self.whitening_bits == self.bits else f"{self.bits}/{self.whitening_bits}"
 
     @property
+    def threshold_label(self) -> str:
+        return f"{self.conv_q:g}/{self.fc_q:g}" + ("c" if self.fc_criterion == "channel_std" else "")
+
+    @property
     def name(self) -> str:
-        return f"q{self.conv_q:g}-{self.fc_q:g}_{self.bits_label.replace('/', '-')}bit"
+        return f"q{self.threshold_label.replace('/', '-')}_{self.bits_label.replace('/', '-')}bit"
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def row_config(template: dict[str, Any], row: RecipeRow) -> dict[str, Any]:
                 "compression.threshold", "the template's thresholds must be ramps with a 'target'"
             )
         threshold["target"] = q
+    if row.fc_criterion is not None:
+        _pruning_entry(compression, "linear")["criterion"] = row.fc_criterion
     kmeans = {
         tuple(e.get("target_scope", {}).get("types", [])): e
         for e in compression
@@ -191,6 +200,30 @@ def nncf_prune_int8(
 
 
 # -- scoring -----------------------------------------------------------------------------------------------
+def compress_row(
+    base: nn.Module,
+    config: dict[str, Any],
+    config_path: Path,
+    datamodule: RetrievalDataModule,
+    tune: BaseRecipe,
+    epochs: int,
+    **trainer_kwargs: Any,
+) -> nn.Module:
+    """A copy of ``base`` fine-tuned for ``epochs`` under a row's ``config`` (written to ``config_path``),
+    applied by :class:`NNCFCompressionCallback` inside ``Trainer.fit``."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config, indent=2))
+    model = copy.deepcopy(base).train()
+    callback = NNCFCompressionCallback(config_path, print_statistics=False)
+    train(model, datamodule, tune, epochs, callbacks=[callback], **trainer_kwargs)
+    return model
+
+
+def fine_tuning(recipe: BaseRecipe) -> BaseRecipe:
+    """The recipe every row (and the control) is fine-tuned with: the base's at a fifth of its rate."""
+    return replace(recipe, lr=recipe.lr / 5)
+
+
 def fp32_bytes(model: nn.Module) -> int:
     """Bytes of the uncompressed model's parameters and buffers (float32)."""
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
@@ -393,7 +426,7 @@ def run(
         "method": "base FP32",
         "group": "base",
     }
-    tune = replace(recipe, lr=recipe.lr / 5)  # fine-tuning rate
+    tune = fine_tuning(recipe)
     rows: list[dict[str, Any]] = []
 
     def finish(row: dict[str, Any]) -> None:
@@ -404,14 +437,13 @@ def run(
 
     for row in settings.rows:
         config_path = out / "configs" / f"{row.name}.json"
-        config_path.write_text(json.dumps(configs[row.name], indent=2))
-        model = copy.deepcopy(base).train()
-        callback = NNCFCompressionCallback(config_path, print_statistics=False)
-        train(model, datamodule, tune, settings.epochs, callbacks=[callback], **trainer_kwargs)
+        model = compress_row(
+            base, configs[row.name], config_path, datamodule, tune, settings.epochs, **trainer_kwargs
+        )
         scored = score(model, row.name, out, example, tests, recipe.image_size, base_bytes, settings.float16)
         group = f"ours {row.bits_label}-bit"
         method = f"prune + L1, {row.bits_label}-bit k-means"
-        finish({**scored, "method": method, "group": group, "threshold": f"{row.conv_q:g}/{row.fc_q:g}"})
+        finish({**scored, "method": method, "group": group, "threshold": row.threshold_label})
     for ratio in settings.nncf_ratios:
         pruned = nncf_prune_int8(
             base, datamodule, tune, ratio, settings.epochs, ramp_epochs, example, **trainer_kwargs

@@ -38,6 +38,24 @@ def test_row_config_fills_the_template() -> None:
         row_config(one_codebook, RecipeRow(0.5, 2.0, 8))
 
 
+def test_row_config_sets_the_whitening_criterion() -> None:
+    template = json.loads(TEMPLATE.read_text())
+    row = RecipeRow(0.75, 5.5, 5, 4, fc_criterion="channel_std")
+    assert (row.name, row.threshold_label) == ("q0.75-5.5c_5-4bit", "0.75/5.5c")
+    config = row_config(template, row)
+    criteria = {
+        e["target_scope"]["types"][0]: e["criterion"]
+        for e in config["compression"]
+        if e["algorithm"] == "threshold_pruning"
+    }
+    assert criteria == {"conv2d": "std", "linear": "channel_std"}
+    assert nncf_ext.load_config(config).to_dict()["compression"][2]["criterion"] == "channel_std"
+    assert template["compression"][2]["criterion"] == "std"  # the template itself is untouched
+    assert row_config(template, RecipeRow(0.75, 5.5, 5, 4))["compression"][2]["criterion"] == "std"
+    with pytest.raises(ConfigError, match="criterion"):
+        nncf_ext.load_config(row_config(template, RecipeRow(0.75, 5.5, 5, 4, fc_criterion="row")))
+
+
 def test_template_without_a_whitening_pruning_entry_is_refused(tmp_path: Path) -> None:
     template = json.loads(TEMPLATE.read_text())
     template["compression"] = [
