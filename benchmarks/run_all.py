@@ -20,6 +20,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("clustered_training_step", []),
     ("export_retrieval", []),
     ("retrieval_base", []),
+    ("retrieval_rows", ["--base", "outputs/benchmarks/retrieval_rows_base.pt"]),
     ("pose_base", ["--checkpoint", "outputs/pose_base.pt"]),
     ("mqat_pose", ["--task", "retrieval", "--seeds", "0", "1", "2"]),
     ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt", "--epochs", "3",
