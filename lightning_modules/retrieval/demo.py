@@ -93,9 +93,12 @@ class DemoSettings:
         RecipeRow(0.25, 2.5, 6, 5),
         RecipeRow(0.75, 2.5, 6, 5),
         RecipeRow(0.5, 4.0, 6, 5),  # keeps 3.7% of the whitening (nncf.prune 90%: 3.3%)
-        RecipeRow(0.75, 4.0, 5, 4),
         RecipeRow(0.75, 4.75, 5, 4),
-        RecipeRow(1.25, 4.0, 5, 4),
+        # the whitening layer pruned per row: its rows are scaled by 1 / sqrt(eigenvalue), and one threshold
+        # for the layer prunes its high-variance components first
+        RecipeRow(0.75, 5.5, 5, 4, "channel_std"),
+        RecipeRow(0.75, 6.5, 5, 4, "channel_std"),
+        RecipeRow(0.75, 8.0, 5, 4, "channel_std"),
     )
     nncf_ratios: tuple[float, ...] = (0.8, 0.9, 0.95)  # nncf.prune target ratios (global magnitude)
     control: bool = True  # also fine-tune the uncompressed base for ``epochs``
@@ -441,7 +444,8 @@ def run(
             base, configs[row.name], config_path, datamodule, tune, settings.epochs, **trainer_kwargs
         )
         scored = score(model, row.name, out, example, tests, recipe.image_size, base_bytes, settings.float16)
-        group = f"ours {row.bits_label}-bit"
+        per_row = ", whitening per row" if row.fc_criterion == "channel_std" else ""
+        group = f"ours {row.bits_label}-bit{per_row}"
         method = f"prune + L1, {row.bits_label}-bit k-means"
         finish({**scored, "method": method, "group": group, "threshold": row.threshold_label})
     for ratio in settings.nncf_ratios:
