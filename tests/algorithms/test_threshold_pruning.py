@@ -183,7 +183,7 @@ def test_a_weight_exactly_at_the_threshold_is_kept() -> None:
 def test_channel_std_mask_on_hand_made_tensor() -> None:
     """Each row against its own std: the small row keeps its largest entry, where one threshold for the
     layer (std) prunes it whole."""
-    w = torch.tensor([[0.01, -0.02, 0.03, 0.0], [1.0, -2.0, 3.0, 0.0]])  # row stds 0.0129 and 2.0817
+    w = torch.tensor([[0.01, -0.02, 0.03, 0.0], [1.0, -2.0, 3.0, 0.0]])  # row stds 0.0208 and 2.0817
     assert threshold_mask(w, 1.0, "channel_std").tolist() == [[False, False, True, False]] * 2
     assert threshold_mask(w, 0.5, "channel_std").tolist() == [[False, True, True, False]] * 2
     assert threshold_mask(w, 1.0, "std").tolist() == [
@@ -192,9 +192,12 @@ def test_channel_std_mask_on_hand_made_tensor() -> None:
     ]
 
 
-def test_channel_std_is_the_std_criterion_per_output_filter() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_channel_std_is_the_std_criterion_per_output_filter(dtype: torch.dtype) -> None:
+    """In every dtype (both compare in float32: a bfloat16 threshold would round away from the float32 one)."""
     torch.manual_seed(0)
-    w = torch.randn(6, 3, 3, 3) * torch.logspace(-3, 2, 6).view(6, 1, 1, 1)  # filters 10^5 apart in scale
+    w = torch.randn(6, 32, 16, 16) * torch.logspace(-3, 2, 6).view(6, 1, 1, 1)  # filters 10^5 apart in scale
+    w = w.to(dtype)
     mask = threshold_mask(w, 0.8, "channel_std")
     for c in range(w.shape[0]):
         assert torch.equal(mask[c], threshold_mask(w[c], 0.8, "std"))
@@ -203,8 +206,32 @@ def test_channel_std_is_the_std_criterion_per_output_filter() -> None:
 
 
 def test_channel_std_keeps_channels_of_one_element() -> None:
-    assert threshold_mask(torch.tensor([[0.1], [-5.0], [0.0]]), 10.0, "channel_std").all()
+    assert threshold_mask(torch.tensor([[0.1], [-5.0], [0.3]]), 10.0, "channel_std").all()
     assert threshold_mask(torch.tensor(0.3), 10.0, "channel_std").all()
+
+
+def test_channel_std_takes_a_one_dimensional_weight_as_one_channel() -> None:
+    w = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 0.5])
+    assert torch.equal(threshold_mask(w, 1.0, "channel_std"), threshold_mask(w, 1.0, "std"))
+    assert threshold_mask(w, 1.0, "channel_std").tolist() == [True, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("criterion", ["absolute", "std", "channel_std"])
+@pytest.mark.parametrize("shape", [(0,), (0, 4), (4, 0), (0, 3, 3, 3)])
+def test_empty_weights_give_empty_masks(criterion: str, shape: tuple[int, ...]) -> None:
+    mask = threshold_mask(torch.zeros(shape), 0.5, criterion)
+    assert mask.shape == shape and mask.dtype == torch.bool
+
+
+@pytest.mark.parametrize("criterion", ["std", "channel_std"])
+def test_zeros_are_pruned_at_any_positive_threshold_even_with_no_spread(criterion: str) -> None:
+    w = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # std 0: |0| >= q * 0 would keep them
+    assert not threshold_mask(w, 0.5, criterion).any()
+    assert threshold_mask(w, 0.0, criterion).all()  # threshold 0 prunes nothing
+    rows = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]])
+    assert threshold_mask(rows, 0.1, "channel_std").tolist() == [[False] * 3, [True] * 3]
+    constant = torch.full((2, 3), 0.7)  # std 0, nothing is below the threshold
+    assert threshold_mask(constant, 0.5, criterion).all()
 
 
 def test_channel_std_in_a_pipeline_prunes_every_row_of_a_scaled_layer(example_input: torch.Tensor) -> None:

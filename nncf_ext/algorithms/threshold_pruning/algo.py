@@ -3,8 +3,8 @@
 Criteria: ``absolute`` prunes ``|w| < t`` with t in weight units (the place-recognition paper's 0.001 ...
 0.05); ``std`` prunes ``|w| < q * std(W)`` per layer (Han et al.; std of the layer's current weights);
 ``channel_std`` prunes ``|w| < q * std(W[c])`` per output channel c (a row of a linear layer, a filter of a
-convolution), so every channel keeps its largest weights whatever its scale. That matters where the rows
-differ in scale by design: a PCA-whitening layer's rows are scaled by 1 / sqrt(eigenvalue), and one
+convolution), so each channel is judged against its own std, whatever its scale. That matters where the
+rows differ in scale by design: a PCA-whitening layer's rows are scaled by 1 / sqrt(eigenvalue), and one
 threshold for the layer would prune its high-variance components first.
 Masks are recomputed at each ``epoch_step``. Without regrowth a mask only ever loses entries, and the
 latent weights of pruned entries are held at zero, so nothing drifts back.
@@ -38,21 +38,23 @@ class ThresholdPruningConfig(AlgorithmConfig):
 @torch.no_grad()
 def threshold_mask(weight: torch.Tensor, threshold: float, criterion: str) -> torch.Tensor:
     """Boolean keep-mask: True where ``|w| >= t`` (absolute), ``|w| >= t * std(w)`` (std) or
-    ``|w| >= t * std(w[c])`` for the entries of output channel ``c = w[c, ...]`` (channel_std).
+    ``|w| >= t * std(w[c])`` for the entries of output channel ``c = w[c, ...]`` (channel_std: dim 0 of the
+    weight; a weight of fewer than two dimensions is one channel).
 
-    A weight (channel_std: a channel) of one element has no standard deviation: the std criteria keep it.
+    The std criteria compare in float32. A weight (channel_std: a channel) of fewer than two elements has no
+    standard deviation and is kept. A zero is below any positive threshold, so with ``t > 0`` it is pruned
+    even where the std is 0 (an all-zero channel).
     """
-    if criterion == "channel_std":
-        rows = weight.reshape(weight.shape[0] if weight.dim() else 1, -1)
-        if rows.shape[1] < 2:
-            return torch.ones_like(weight, dtype=torch.bool)
-        std = rows.float().std(dim=1, keepdim=True)
-        return (rows.abs() >= threshold * std).reshape(weight.shape)
-    if criterion == "std":
-        if weight.numel() < 2:
-            return torch.ones_like(weight, dtype=torch.bool)
-        return weight.abs() >= threshold * float(weight.float().std())
-    return weight.abs() >= threshold
+    if criterion == "absolute":
+        return weight.abs() >= threshold
+    per_channel = criterion == "channel_std" and weight.dim() >= 2
+    values = (weight.flatten(1) if per_channel else weight.reshape(1, -1)).float()
+    if values.shape[1] < 2:
+        return torch.ones_like(weight, dtype=torch.bool)
+    keep = values.abs() >= threshold * values.std(dim=1, keepdim=True)
+    if threshold > 0:
+        keep &= values != 0
+    return keep.reshape(weight.shape)
 
 
 @register_algorithm
