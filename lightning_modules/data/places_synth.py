@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from lightning_modules.data.cache import data_root, publishing
+from nncf_ext.errors import DataError
 
 GENERATOR_VERSION = 4
 DATASETS = {"synth_oxford": 1, "synth_paris": 2, "synth_train": 3}
@@ -412,10 +413,14 @@ def ensure_places_synth(
     dataset is written to a temporary directory and renamed into place, so concurrent or interrupted runs
     never leave half-written data. Returns ``{name: dataset directory}``.
     """
+    wanted = dict(DATASETS if datasets is None else datasets)
+    for name, seed in wanted.items():
+        if DATASETS.get(name, seed) != seed:
+            raise DataError(f"datasets: {name!r} is an embedded set of seed {DATASETS[name]}, not {seed}")
     base = Path(root) if root is not None else data_root() / "places_synth"
     base.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, seed in (DATASETS if datasets is None else datasets).items():
+    for name, seed in wanted.items():
         target = base / name
         manifest = {"version": GENERATOR_VERSION, "name": name, "seed": seed, "config": asdict(config)}
 

@@ -11,6 +11,7 @@ import pytest
 
 from lightning_modules.data import places_synth
 from lightning_modules.data.places_synth import DATASETS, SynthConfig, ensure_places_synth, generate_places
+from nncf_ext.errors import DataError
 
 TINY = SynthConfig(
     num_places=4, easy_views=2, hard_views=2, junk_views=1, distractors=5, image_size=48, query_size=64
@@ -95,6 +96,9 @@ def test_ensure_writes_only_the_datasets_asked_for(tmp_path: Path) -> None:
         assert len(pickle.load(f)["qimlist"]) == TINY.num_places
     queries = {(paths[n] / "jpg" / "query_0000.jpg").read_bytes() for n in paths}
     assert len(queries) == 2  # other seeds, other places
+    with pytest.raises(DataError, match="'synth_oxford' is an embedded set of seed 1, not 5"):
+        ensure_places_synth(tmp_path, TINY, {"fresh13": 13, "synth_oxford": 5})
+    assert not (tmp_path / "fresh13").exists() and not (tmp_path / "synth_oxford").exists()  # nothing written
 
 
 def test_default_config_has_at_least_50_places() -> None:
