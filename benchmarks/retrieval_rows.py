@@ -10,7 +10,8 @@ ratio is the demo's (FP32 bytes / archive bytes, floats rounded to float16 as th
     python -m benchmarks.retrieval_rows --rows 0.75/4.75:5/4 0.75/6.5c:5/4 --seeds 0 1 2 3 4 --fresh 3
 
 A row is ``conv_q/whitening_q[c]:bits[/whitening_bits]``, ``c`` for the whitening layer pruned per row
-(``channel_std``). ``--base PATH`` reuses a base state dict (written there when missing).
+(``channel_std``). ``--base PATH`` reuses a base state dict written there by a run with the same recipe and
+data (``PATH`` with ``.json`` records them), and trains and writes one otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 import nncf_ext
 from benchmarks.common import report
-from lightning_modules.data.places_synth import SynthConfig, ensure_places_synth
+from lightning_modules.data.places_synth import DATASETS, GENERATOR_VERSION, SynthConfig, ensure_places_synth
 from lightning_modules.data.revisited import load_revisited
 from lightning_modules.retrieval.datamodule import RetrievalDataModule
 from lightning_modules.retrieval.demo import (
@@ -39,17 +40,19 @@ from lightning_modules.retrieval.demo import (
     compress_row,
     fine_tuning,
     fp32_bytes,
-    row_config,
+    row_configs,
 )
 from lightning_modules.retrieval.evaluation import evaluate
 from lightning_modules.retrieval.recipe import BaseRecipe, build_base, train
+from nncf_ext.errors import ConfigError
 from nncf_ext.export import save_archive
 
 TESTS = ("synth_oxford", "synth_paris")
 # generator seed of the first fresh set (the demo's rows were chosen with seeds 11 to 13 in scratch runs)
 FRESH_SEED = 100
 DEFAULT_ROWS = ("0.75/4.75:5/4", "0.75/6.5c:5/4", "0.75/8c:5/4")
-ROW = re.compile(r"^(?P<cq>[0-9.]+)/(?P<fq>[0-9.]+)(?P<c>c?):(?P<bits>\d+)(?:/(?P<fbits>\d+))?$")
+NUMBER = r"\d+(?:\.\d+)?"
+ROW = re.compile(rf"^(?P<cq>{NUMBER})/(?P<fq>{NUMBER})(?P<c>c?):(?P<bits>\d+)(?:/(?P<fbits>\d+))?$")
 
 
 def parse_row(text: str) -> RecipeRow:
@@ -78,6 +81,15 @@ def datamodule(paths: dict[str, Path], recipe: BaseRecipe) -> RetrievalDataModul
     )
 
 
+def saved_base(path: Path | None, made_by: dict[str, Any]) -> bool:
+    """True where ``path`` holds a base trained by the recipe and on the data of ``made_by`` (as its
+    ``.json`` beside it records); a base of another recipe or generator is trained again."""
+    if path is None or not path.is_file():
+        return False
+    record = path.with_suffix(".json")
+    return record.is_file() and json.loads(record.read_text()) == made_by
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,25 +104,33 @@ def main() -> None:
     rows: list[RecipeRow] = args.rows or [parse_row(r) for r in DEFAULT_ROWS]
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeat: {args.seeds}")
-    template = json.loads(TEMPLATE.read_text())
-    configs = {row.name: row_config(template, row) for row in rows}
-    for config in configs.values():
-        nncf_ext.load_config(config)  # every row is valid before anything trains
+    if args.fresh < 0:
+        parser.error(f"--fresh must be >= 0, got {args.fresh}")
+    fresh = {f"fresh{args.fresh_seed + i}": args.fresh_seed + i for i in range(args.fresh)}
+    if seen := sorted(set(fresh.values()) & set(DATASETS.values())):
+        parser.error(f"--fresh-seed: generator seeds {seen} are the embedded sets' (train and held out)")
+    try:  # every row is valid before anything trains
+        configs = row_configs(json.loads(TEMPLATE.read_text()), rows, args.epochs)
+    except ConfigError as e:
+        parser.error(str(e))
 
     start = time.perf_counter()
     recipe = BaseRecipe()
     paths = ensure_places_synth(None, SynthConfig())
-    fresh = {f"fresh{args.fresh_seed + i}": args.fresh_seed + i for i in range(args.fresh)}
     paths.update(ensure_places_synth(None, SynthConfig(), fresh) if fresh else {})
     sets = {name: load_revisited(paths[name]) for name in (*TESTS, *fresh)}
-    base = build_base(recipe, datamodule(paths, recipe), init=args.base is None or not args.base.is_file())
-    if args.base is not None and args.base.is_file():
+    made_by = {"recipe": asdict(recipe), "data": asdict(SynthConfig()), "generator": GENERATOR_VERSION}
+    made_by = json.loads(json.dumps(made_by))  # as read back: tuples become lists
+    reuse = saved_base(args.base, made_by)
+    base = build_base(recipe, datamodule(paths, recipe), init=not reuse)
+    if reuse:
         base.load_state_dict(torch.load(args.base))
     else:
         train(base, datamodule(paths, recipe), recipe, enable_progress_bar=False, limit_val_batches=0)
         if args.base is not None:
             args.base.parent.mkdir(parents=True, exist_ok=True)
             torch.save(base.state_dict(), args.base)
+            args.base.with_suffix(".json").write_text(json.dumps(made_by, indent=1))
     base.eval()
     base_map = {name: evaluate(base, data, recipe.image_size)[METRIC] for name, data in sets.items()}
     base_bytes = fp32_bytes(base)
@@ -140,7 +160,7 @@ def main() -> None:
                 print(f"seed {seed}, {row.name}: {ratio:.1f}x, drops {shown}", flush=True)
 
     def mean(values: list[float]) -> float:
-        return float(np.mean(values)) if values else float("nan")
+        return float(np.mean(values))
 
     summary = []
     for row in rows:
@@ -150,14 +170,15 @@ def main() -> None:
             "row": row.name, "recipe_row": asdict(row), "ratio": mean([r["ratio"] for r in mine]),
             "drop": drop,
             "test_mean": mean([drop[n] for n in TESTS]),
-            "fresh_mean": mean([drop[n] for n in fresh]),
+            "fresh_mean": mean([drop[n] for n in fresh]) if fresh else None,
             "seeds_within_2_on_both_tests": sum(max(r["drop"][n] for n in TESTS) <= 2.0 for r in mine),
             "seeds": len(mine),
         })  # fmt: skip
     header = ["row", "ratio", *(f"drop {n}" for n in sets), "test mean", "fresh mean", "within 2 on both"]
     table = [
         [s["row"], f"{s['ratio']:.1f}x", *(f"{s['drop'][n]:+.2f}" for n in sets), f"{s['test_mean']:+.2f}",
-         f"{s['fresh_mean']:+.2f}", f"{s['seeds_within_2_on_both_tests']} of {s['seeds']}"]
+         "-" if s["fresh_mean"] is None else f"{s['fresh_mean']:+.2f}",
+         f"{s['seeds_within_2_on_both_tests']} of {s['seeds']}"]
         for s in summary
     ]  # fmt: skip
     report("retrieval_rows", header, table, {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,47 @@ def row_config(template: dict[str, Any], row: RecipeRow) -> dict[str, Any]:
     return config
 
 
+def row_configs(
+    template: dict[str, Any], rows: Sequence[RecipeRow], epochs: int
+) -> dict[str, dict[str, Any]]:
+    """Every row's config by row name, each validated before anything trains: names must differ, and
+    ``epochs`` of fine-tuning must reach every algorithm's start."""
+    configs: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.name in configs:
+            raise ConfigError("rows", f"two rows are named {row.name}")
+        config = configs[row.name] = row_config(template, row)
+        nncf_ext.load_config(config)
+        if any(e.get("start_epoch", 0) >= epochs for e in config["compression"] if "start_epoch" in e):
+            raise ConfigError("epochs", f"{epochs} fine-tuning epochs end before quantization starts")
+    return configs
+
+
+# -- fine-tuning -------------------------------------------------------------------------------------------
+def compress_row(
+    base: nn.Module,
+    config: dict[str, Any],
+    config_path: Path,
+    datamodule: RetrievalDataModule,
+    tune: BaseRecipe,
+    epochs: int,
+    **trainer_kwargs: Any,
+) -> nn.Module:
+    """A copy of ``base`` fine-tuned for ``epochs`` under a row's ``config`` (written to ``config_path``),
+    applied by :class:`NNCFCompressionCallback` inside ``Trainer.fit``."""
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(config, indent=2))
+    model = copy.deepcopy(base).train()
+    callback = NNCFCompressionCallback(config_path, print_statistics=False)
+    train(model, datamodule, tune, epochs, callbacks=[callback], **trainer_kwargs)
+    return model
+
+
+def fine_tuning(recipe: BaseRecipe) -> BaseRecipe:
+    """The recipe every row (and the control) is fine-tuned with: the base's at a fifth of its rate."""
+    return replace(recipe, lr=recipe.lr / 5)
+
+
 # -- NNCF's baseline ---------------------------------------------------------------------------------------
 class MagnitudePruningSchedule(pl.Callback):
     """Steps NNCF's pruning scheduler at the start of every training epoch."""
@@ -203,30 +244,6 @@ def nncf_prune_int8(
 
 
 # -- scoring -----------------------------------------------------------------------------------------------
-def compress_row(
-    base: nn.Module,
-    config: dict[str, Any],
-    config_path: Path,
-    datamodule: RetrievalDataModule,
-    tune: BaseRecipe,
-    epochs: int,
-    **trainer_kwargs: Any,
-) -> nn.Module:
-    """A copy of ``base`` fine-tuned for ``epochs`` under a row's ``config`` (written to ``config_path``),
-    applied by :class:`NNCFCompressionCallback` inside ``Trainer.fit``."""
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config, indent=2))
-    model = copy.deepcopy(base).train()
-    callback = NNCFCompressionCallback(config_path, print_statistics=False)
-    train(model, datamodule, tune, epochs, callbacks=[callback], **trainer_kwargs)
-    return model
-
-
-def fine_tuning(recipe: BaseRecipe) -> BaseRecipe:
-    """The recipe every row (and the control) is fine-tuned with: the base's at a fifth of its rate."""
-    return replace(recipe, lr=recipe.lr / 5)
-
-
 def fp32_bytes(model: nn.Module) -> int:
     """Bytes of the uncompressed model's parameters and buffers (float32)."""
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
@@ -378,15 +395,7 @@ def run(
     settings = settings or DemoSettings()
     template_path = Path(template) if template is not None else TEMPLATE
     template_dict = json.loads(template_path.read_text())
-    configs = {row.name: row_config(template_dict, row) for row in settings.rows}
-    for config in configs.values():
-        nncf_ext.load_config(config)  # every config is valid before anything trains
-        if any(
-            e.get("start_epoch", 0) >= settings.epochs for e in config["compression"] if "start_epoch" in e
-        ):
-            raise ConfigError(
-                "epochs", f"{settings.epochs} fine-tuning epochs end before quantization starts"
-            )
+    configs = row_configs(template_dict, settings.rows, settings.epochs)
     ramp_epochs = max(
         e.get("start_epoch", 0) for c in configs.values() for e in c["compression"] if "start_epoch" in e
     )

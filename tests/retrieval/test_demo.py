@@ -7,7 +7,7 @@ import torch
 
 import nncf_ext
 from lightning_modules.data.places_synth import SynthConfig
-from lightning_modules.retrieval.demo import TEMPLATE, DemoSettings, RecipeRow, row_config, run
+from lightning_modules.retrieval.demo import TEMPLATE, DemoSettings, RecipeRow, row_config, row_configs, run
 from lightning_modules.retrieval.recipe import BaseRecipe
 from nncf_ext.cli import main
 from nncf_ext.errors import ConfigError
@@ -54,6 +54,17 @@ def test_row_config_sets_the_whitening_criterion() -> None:
     assert row_config(template, RecipeRow(0.75, 5.5, 5, 4))["compression"][2]["criterion"] == "std"
     with pytest.raises(ConfigError, match="criterion"):
         nncf_ext.load_config(row_config(template, RecipeRow(0.75, 5.5, 5, 4, fc_criterion="row")))
+
+
+def test_row_configs_refuse_same_names_and_too_few_epochs() -> None:
+    template = json.loads(TEMPLATE.read_text())
+    rows = (RecipeRow(0.75, 6.5, 5, 4, "channel_std"), RecipeRow(0.75, 6.50, 5, 4, "channel_std"))
+    with pytest.raises(ConfigError, match=r"two rows are named q0\.75-6\.5c_5-4bit"):
+        row_configs(template, rows, 16)
+    assert list(row_configs(template, rows[:1], 16)) == ["q0.75-6.5c_5-4bit"]
+    with pytest.raises(ConfigError, match="10 fine-tuning epochs end before quantization starts"):
+        row_configs(template, rows[:1], 10)  # the template's k-means starts at epoch 10
+    row_configs(template, rows[:1], 11)
 
 
 def test_template_without_a_whitening_pruning_entry_is_refused(tmp_path: Path) -> None:
