@@ -25,7 +25,8 @@ with any module spec of the ``mqat`` config, for example the pose backbone split
 
 The pose base comes from ``examples/pose.py --checkpoint outputs/pose_base.pt``; the retrieval base is the
 demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json`` (with
-``_<spec file name>`` and ``_loss`` appended for ``--modules`` and ``--sensitivity loss``).
+``_<spec file name>``, ``_loss`` and ``_8x`` appended for ``--modules``, ``--sensitivity loss`` and
+``--targets 8``).
 """
 
 from __future__ import annotations
@@ -340,6 +341,10 @@ def main() -> None:
         "--seeds", type=int, nargs="+", default=[0],
         help="seeds of the fine-tuning runs (data order, augmentation); the table shows their mean",
     )  # fmt: skip
+    parser.add_argument(
+        "--targets", type=int, nargs="+", choices=TARGETS, default=list(TARGETS),
+        help="compression targets to run (results of a subset go to a file of their own)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.lr_scale is not None and args.lr_scale <= 0:
         parser.error(f"--lr-scale must be > 0, got {args.lr_scale}")
@@ -363,6 +368,8 @@ def main() -> None:
     modules_spec = task.modules if spec is None else spec
     suffix = "" if spec is None else f"_{args.modules.stem}"
     suffix += "_loss" if args.sensitivity == "loss" else ""
+    targets = sorted(set(args.targets))
+    suffix += "" if targets == list(TARGETS) else "".join(f"_{t}x" for t in targets)
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("sensitivity_*.json"):  # tables of an earlier base must not be reused
@@ -392,7 +399,7 @@ def main() -> None:
                         cache=work / "sensitivity_hessian.json")  # fmt: skip
     timings["hessian_sensitivity_s"] = time.perf_counter() - t
     for seed in args.seeds:
-        for target in TARGETS:
+        for target in targets:
             configs = method_configs(task, modules_spec, work, target, args.epochs, args.sensitivity)
             for method, entry in configs.items():
                 model = copy.deepcopy(base).train()
