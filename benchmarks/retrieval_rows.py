@@ -32,7 +32,6 @@ import nncf_ext
 from benchmarks.common import report
 from lightning_modules.data.places_synth import DATASETS, GENERATOR_VERSION, SynthConfig, ensure_places_synth
 from lightning_modules.data.revisited import load_revisited
-from lightning_modules.retrieval.datamodule import RetrievalDataModule
 from lightning_modules.retrieval.demo import (
     METRIC,
     TEMPLATE,
@@ -43,7 +42,7 @@ from lightning_modules.retrieval.demo import (
     row_configs,
 )
 from lightning_modules.retrieval.evaluation import evaluate
-from lightning_modules.retrieval.recipe import BaseRecipe, build_base, train
+from lightning_modules.retrieval.recipe import BaseRecipe, build_base, embedded_datamodule, train
 from nncf_ext.errors import ConfigError
 from nncf_ext.export import save_archive
 
@@ -66,18 +65,6 @@ def parse_row(text: str) -> RecipeRow:
         int(match["bits"]),
         None if fc_bits is None else int(fc_bits),
         "channel_std" if match["c"] else None,
-    )
-
-
-def datamodule(paths: dict[str, Path], recipe: BaseRecipe) -> RetrievalDataModule:
-    """The demo's training data, its order and mining seeded by ``recipe.seed``."""
-    return RetrievalDataModule(
-        paths["synth_train"],
-        paths[TESTS[0]],
-        image_size=recipe.image_size,
-        batch_size=recipe.batch_size,
-        num_negatives=recipe.num_negatives,
-        seed=recipe.seed,
     )
 
 
@@ -122,11 +109,12 @@ def main() -> None:
     made_by = {"recipe": asdict(recipe), "data": asdict(SynthConfig()), "generator": GENERATOR_VERSION}
     made_by = json.loads(json.dumps(made_by))  # as read back: tuples become lists
     reuse = saved_base(args.base, made_by)
-    base = build_base(recipe, datamodule(paths, recipe), init=not reuse)
+    base = build_base(recipe, embedded_datamodule(recipe, train="synth_train"), init=not reuse)
     if reuse:
         base.load_state_dict(torch.load(args.base))
     else:
-        train(base, datamodule(paths, recipe), recipe, enable_progress_bar=False, limit_val_batches=0)
+        dm = embedded_datamodule(recipe, train="synth_train")
+        train(base, dm, recipe, enable_progress_bar=False, limit_val_batches=0)
         if args.base is not None:
             args.base.parent.mkdir(parents=True, exist_ok=True)
             torch.save(base.state_dict(), args.base)
@@ -138,11 +126,12 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            seeded = replace(recipe, seed=seed)
+            seeded = replace(recipe, seed=seed)  # the data order and mining of the fine-tuning
+            dm = embedded_datamodule(seeded, train="synth_train")
             for row in rows:
                 t = time.perf_counter()
                 model = compress_row(
-                    base, configs[row.name], Path(tmp) / f"{row.name}.json", datamodule(paths, seeded),
+                    base, configs[row.name], Path(tmp) / f"{row.name}.json", dm,
                     fine_tuning(seeded), args.epochs, enable_progress_bar=False, limit_val_batches=0,
                 )  # fmt: skip
                 model.eval()
