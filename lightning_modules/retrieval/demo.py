@@ -72,8 +72,13 @@ class RecipeRow:
         return f"{self.bits}" if self.whitening_bits == self.bits else f"{self.bits}/{self.whitening_bits}"
 
     @property
+    def per_row(self) -> bool:
+        """The whitening layer pruned per row (``channel_std``)."""
+        return self.fc_criterion == "channel_std"
+
+    @property
     def threshold_label(self) -> str:
-        return f"{self.conv_q:g}/{self.fc_q:g}" + ("c" if self.fc_criterion == "channel_std" else "")
+        return f"{self.conv_q:g}/{self.fc_q:g}" + ("c" if self.per_row else "")
 
     @property
     def name(self) -> str:
@@ -453,8 +458,7 @@ def run(
             base, configs[row.name], config_path, datamodule, tune, settings.epochs, **trainer_kwargs
         )
         scored = score(model, row.name, out, example, tests, recipe.image_size, base_bytes, settings.float16)
-        per_row = ", whitening per row" if row.fc_criterion == "channel_std" else ""
-        group = f"ours {row.bits_label}-bit{per_row}"
+        group = f"ours {row.bits_label}-bit" + (", whitening per row" if row.per_row else "")
         method = f"prune + L1, {row.bits_label}-bit k-means"
         finish({**scored, "method": method, "group": group, "threshold": row.threshold_label})
     for ratio in settings.nncf_ratios:

@@ -42,6 +42,7 @@ def test_row_config_sets_the_whitening_criterion() -> None:
     template = json.loads(TEMPLATE.read_text())
     row = RecipeRow(0.75, 5.5, 5, 4, fc_criterion="channel_std")
     assert (row.name, row.threshold_label) == ("q0.75-5.5c_5-4bit", "0.75/5.5c")
+    assert row.per_row and not RecipeRow(0.75, 5.5, 5, 4).per_row
     config = row_config(template, row)
     criteria = {
         e["target_scope"]["types"][0]: e["criterion"]
