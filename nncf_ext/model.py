@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from nncf_ext.errors import ModelError
+from nncf_ext.macs import op_macs
 from nncf_ext.scopes import WeightInfo
 
 
@@ -136,7 +137,7 @@ def build_graph(model: nn.Module, example_input: Any) -> PTNNCFGraph:
 
 def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
     """Weight constants of the operations NNCF considers weighted (conv, linear, embedding, matmul)."""
-    ops: dict[str, list[tuple[str, str, int | None]]] = {}
+    ops: dict[str, list[tuple[str, str, int | None, int | None]]] = {}
     for node in graph.topological_sort():
         if node.metatype not in OPERATORS_WITH_WEIGHTS_METATYPES:
             continue
@@ -147,7 +148,9 @@ def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
         for port in sorted(attrs.constant_port_ids.intersection(node.metatype.weight_port_ids)):
             const = get_const_node(node, port, graph)
             if const is not None:
-                ops.setdefault(const.node_name, []).append((node.node_name, node.node_type, activation))
+                shape = tuple(graph.get_output_edges(const)[0].tensor_shape)
+                macs = op_macs(graph, node, port, shape)
+                ops.setdefault(const.node_name, []).append((node.node_name, node.node_type, activation, macs))
     weights = []
     for const_name, consumers in ops.items():
         module_name, attr = split_const_name(const_name)
@@ -158,10 +161,11 @@ def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
                 name=const_name,
                 module_name=module_name,
                 module_type=type(module).__name__,
-                op_names=tuple(n for n, _, _ in consumers),
-                op_types=tuple(t for _, t, _ in consumers),
+                op_names=tuple(n for n, _, _, _ in consumers),
+                op_types=tuple(t for _, t, _, _ in consumers),
                 shape=tuple(tensor.shape),
-                activation_ports=tuple(a for _, _, a in consumers),
+                activation_ports=tuple(a for _, _, a, _ in consumers),
+                op_macs=tuple(m for _, _, _, m in consumers),
             )
         )
     return weights

@@ -39,6 +39,9 @@ class WeightInfo:
     weighted: bool = True  # consumed by a weighted operation (conv, linear, matmul, embedding)
     # per op: the input port of its floating-point activation (None: it has none, e.g. an embedding)
     activation_ports: tuple[int | None, ...] = ()
+    # per op: its multiply-accumulates at the graph's example input (None: an op :mod:`nncf_ext.macs`
+    # cannot count)
+    op_macs: tuple[int | None, ...] = ()
 
     @property
     def numel(self) -> int:
