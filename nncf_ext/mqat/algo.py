@@ -35,7 +35,8 @@ from nncf_ext.algorithms.uniform_quantization.algo import (
 from nncf_ext.config_reader import ConfigReader, check_int
 from nncf_ext.errors import CheckpointError, ConfigError
 from nncf_ext.model import get_weight
-from nncf_ext.mqat.ilp import allocate_bits
+from nncf_ext.mqat.budgets import TableBudget, bops_budget, table_budget
+from nncf_ext.mqat.ilp import ExtraBudget, allocate_bits
 from nncf_ext.mqat.sensitivity import SensitivityTable, weight_format
 from nncf_ext.mqat.spec import ModuleSpec, module_sizes, resolve_modules
 from nncf_ext.quantizers import MODES
@@ -45,12 +46,14 @@ from nncf_ext.scopes import Scope, WeightInfo
 @dataclass(frozen=True)
 class Allocation:
     sensitivity: str
-    target_compression: float
+    target_compression: float | None = None  # None: no size budget (another budget is given)
     candidate_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     ties: tuple[tuple[str, ...], ...] = ()
     # what target_compression divides: "model", every parameter at its own precision (fp32, fp16, ...), or
     # "weights", only the weights the modules quantize (the accounting of uniform n-bit quantization)
     size: str = "model"
+    bops_compression: float | None = None  # BOPs <= FP32 BOPs / this
+    budgets: tuple[TableBudget, ...] = ()  # tables of measured costs (latency), each with its limit
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,34 @@ def _read_allocation(r: ConfigReader) -> Allocation | None:
         isinstance(t, list) and all(isinstance(m, str) for m in t) for t in ties_raw
     ):
         raise ConfigError(a.sub("ties"), "expected a list of lists of module names")
+    budgets_raw = a.raw("budgets", [])
+    if not isinstance(budgets_raw, list):
+        raise ConfigError(a.sub("budgets"), 'expected a list of {"table": path, "limit": number}')
+    ratios = {
+        key: None if a.raw(key, None) is None else a.number(key, minimum=1.0, exclusive_minimum=True)
+        for key in ("target_compression", "bops_compression")
+    }
     allocation = Allocation(
         sensitivity=a.string("sensitivity"),
-        target_compression=a.number("target_compression", minimum=1.0, exclusive_minimum=True),
+        target_compression=ratios["target_compression"],
         candidate_bits=bits,
         ties=tuple(tuple(t) for t in ties_raw),
         size=a.string("size", "model", choices=("model", "weights")),
+        bops_compression=ratios["bops_compression"],
+        budgets=tuple(
+            TableBudget.from_config(ConfigReader(b, f"{a.sub('budgets')}[{i}]"))
+            for i, b in enumerate(budgets_raw)
+        ),
     )
+    if (
+        allocation.target_compression is None
+        and allocation.bops_compression is None
+        and not allocation.budgets
+    ):
+        raise ConfigError(
+            a.sub("target_compression"),
+            'required key is missing: the allocation needs it, "bops_compression" or "budgets"',
+        )
     a.finish()
     return allocation
 
@@ -205,11 +229,15 @@ class MQAT(CompressionAlgorithm):
             a = config.allocation
             out["allocation"] = {
                 "sensitivity": a.sensitivity,
-                "target_compression": a.target_compression,
                 "candidate_bits": list(a.candidate_bits),
                 "ties": [list(t) for t in a.ties],
                 "size": a.size,
             }
+            for key in ("target_compression", "bops_compression"):
+                if getattr(a, key) is not None:
+                    out["allocation"][key] = getattr(a, key)
+            if a.budgets:
+                out["allocation"]["budgets"] = [{"table": b.table, "limit": b.limit} for b in a.budgets]
         if config.activation_bits is not None:
             out["activations"] = {"bits": config.activation_bits}
         return out
@@ -263,7 +291,10 @@ class MQAT(CompressionAlgorithm):
                 if m not in self.modules:
                     raise ConfigError(f"{path}.ties", f"unknown module '{m}'")
         sizes = module_sizes(self.modules)
-        if allocation.size == "weights":
+        extra = self._extra_budgets(allocation)
+        if allocation.target_compression is None:
+            budget = math.inf
+        elif allocation.size == "weights":
             budget = 32 * sum(sizes.values()) / allocation.target_compression
         else:
             total_bits = sum(p.numel() * p.element_size() * 8 for p in model.parameters())
@@ -272,9 +303,29 @@ class MQAT(CompressionAlgorithm):
             other_bits = total_bits - weight_bits  # the rest stays at its own precision
             budget = total_bits / allocation.target_compression - other_bits
         try:
-            return allocate_bits(costs, sizes, budget, ties=allocation.ties)
+            return allocate_bits(costs, sizes, budget, ties=allocation.ties, extra=extra)
         except ConfigError as e:
-            raise ConfigError(f"{path}.target_compression", e.message) from None
+            where = "target_compression" if allocation.target_compression is not None else ""
+            if e.path.startswith("extra["):  # "extra[i] (name)": the budget's own config key
+                where = extra[int(e.path[len("extra[") : e.path.index("]")])].name
+            raise ConfigError(f"{path}.{where}" if where else path, e.message) from None
+
+    def _extra_budgets(self, allocation: Allocation) -> list[ExtraBudget]:
+        """The allocation's BOPs budget and its tables of measured costs, named by their config keys."""
+        path = f"{self.path}.allocation"
+        extra = []
+        if allocation.bops_compression is not None:
+            bops, _ = bops_budget(
+                self.modules, allocation.candidate_bits, self.config.activation_bits,
+                allocation.bops_compression, f"{path}.bops_compression",
+            )  # fmt: skip
+            extra.append(bops)
+        for i, budget in enumerate(allocation.budgets):
+            name = f"budgets[{i}]"
+            extra.append(
+                table_budget(budget, list(self.modules), allocation.candidate_bits, name, f"{path}.{name}")
+            )
+        return extra
 
     def _order(self) -> list[str]:
         order = self.config.order
