@@ -148,9 +148,12 @@ def find_weights(model: nn.Module, graph: PTNNCFGraph) -> list[WeightInfo]:
         for port in sorted(attrs.constant_port_ids.intersection(node.metatype.weight_port_ids)):
             const = get_const_node(node, port, graph)
             if const is not None:
-                shape = tuple(graph.get_output_edges(const)[0].tensor_shape)
-                macs = op_macs(graph, node, port, shape)
-                ops.setdefault(const.node_name, []).append((node.node_name, node.node_type, activation, macs))
+                consumers = ops.setdefault(const.node_name, [])
+                if any(name == node.node_name for name, _, _, _ in consumers):  # w @ w: the op's MACs once
+                    macs: int | None = 0
+                else:
+                    macs = op_macs(graph, node, port, tuple(graph.get_output_edges(const)[0].tensor_shape))
+                consumers.append((node.node_name, node.node_type, activation, macs))
     weights = []
     for const_name, consumers in ops.items():
         module_name, attr = split_const_name(const_name)

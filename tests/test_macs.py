@@ -84,3 +84,42 @@ class Fc(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+
+class Odd(nn.Module):
+    """A 1-D linear weight, a 1-D @ 1-D matmul (a scalar output), a weight on both ports of one matmul
+    (torch's FLOP counter skips ``mv`` and ``dot``, so these are counted by hand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vector = nn.Parameter(torch.randn(3))
+        self.dot = nn.Parameter(torch.randn(5))
+        self.square = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = nn.functional.linear(x, self.vector)  # (4,): 3 MACs per row
+        b = self.dot @ x[0, :1].repeat(5)  # scalar: 5 MACs
+        return a.sum() + b + (self.square @ self.square).sum()  # 4 x 4 outputs x 4
+
+
+def test_one_dimensional_weights_scalar_outputs_and_a_weight_on_two_ports() -> None:
+    model, x = Odd(), torch.randn(4, 3)
+    weights = weights_of(model, x)
+    assert weights["vector"].op_macs == (12,)
+    assert weights["dot"].op_macs == (5,)
+    assert weights["square"].op_macs == (64, 0)  # the op is listed per port, its MACs counted once
+
+
+def test_an_op_whose_output_is_unused_is_not_counted() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.unused(x)
+            return self.used(x)
+
+    weights = weights_of(Unused(), torch.randn(1, 3))
+    assert weights["used.weight"].op_macs == (6,)
+    assert weights["unused.weight"].op_macs == (None,)

@@ -109,6 +109,7 @@ def _read_allocation(r: ConfigReader) -> Allocation | None:
             for i, b in enumerate(budgets_raw)
         ),
     )
+    a.finish()  # first: a misspelt budget is named as such
     if (
         allocation.target_compression is None
         and allocation.bops_compression is None
@@ -118,7 +119,6 @@ def _read_allocation(r: ConfigReader) -> Allocation | None:
             a.sub("target_compression"),
             'required key is missing: the allocation needs it, "bops_compression" or "budgets"',
         )
-    a.finish()
     return allocation
 
 
@@ -308,6 +308,8 @@ class MQAT(CompressionAlgorithm):
             where = "target_compression" if allocation.target_compression is not None else ""
             if e.path.startswith("extra["):  # "extra[i] (name)": the budget's own config key
                 where = extra[int(e.path[len("extra[") : e.path.index("]")])].name
+            elif e.path == "extra":  # the extra budgets together: the allocation's
+                where = ""
             raise ConfigError(f"{path}.{where}" if where else path, e.message) from None
 
     def _extra_budgets(self, allocation: Allocation) -> list[ExtraBudget]:

@@ -5,11 +5,13 @@
   allows at most the FP32 BOPs (32 x 32 bits per MAC) / ``r``.
 * **Measured costs** (``"budgets": [{"table": "latency.json", "limit": 4.0}]``): a JSON table
   ``{"costs": {module: {bits: cost}}}`` measured by the user, for example each module's
-  latency on the target device at each width. The allocation keeps the summed cost within ``limit``.
+  latency on the target device at each width (``Infinity``: never that width, e.g. no kernel for it). The
+  allocation keeps the summed cost within ``limit``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -50,7 +52,7 @@ def module_macs(modules: Mapping[str, Sequence[WeightInfo]], path: str) -> dict[
                         path,
                         f"cannot count the MACs of '{op}' ({kind}), an operation of weight '{w.name}' in "
                         f"module '{module}': BOPs are counted for convolutions, linear layers, matmuls "
-                        "and embeddings",
+                        "and embeddings whose output the model uses",
                     )
                 total += count
         macs[module] = total
@@ -121,15 +123,17 @@ def table_budget(
         cost[m] = {}
         for b in candidate_bits:
             value = per.get(str(b))
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or math.isnan(value)
-                or value < 0
-            ):
+            number = math.nan
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                with contextlib.suppress(OverflowError):  # an integer beyond float: not a cost
+                    number = float(value)
+            if math.isnan(number) or number < 0:
                 raise ConfigError(
                     f"{path}.table",
-                    f"{budget.table}: module '{m}' at {b} bits costs {value!r}: expected a number >= 0",
+                    f"{budget.table}: module '{m}' at {b} bits costs {value!r}: expected a number >= 0 "
+                    "(Infinity: never that width)",
                 )
-            cost[m][b] = float(value)
+            cost[m][b] = number
+        if not any(math.isfinite(c) for c in cost[m].values()):
+            raise ConfigError(f"{path}.table", f"{budget.table}: module '{m}' costs Infinity at every width")
     return ExtraBudget(name, cost, budget.limit)

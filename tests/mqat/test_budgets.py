@@ -105,6 +105,9 @@ def test_a_table_of_measured_costs_is_a_budget(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="its least is 3") as info:
         allocate(tmp_path, budgets=[{**budget, "limit": 2.5}])
     assert info.value.path == "compression[0].allocation.budgets[0]"
+    latency["backbone"]["8"] = float("inf")  # no 8-bit kernel for it: never taken, whatever the limit
+    (tmp_path / "latency.json").write_text(json.dumps({"costs": latency}))
+    assert allocate(tmp_path, budgets=[{**budget, "limit": 100}]) == {"fpn": 8, "backbone": 4, "head": 8}
 
 
 @pytest.mark.parametrize(
@@ -119,6 +122,11 @@ def test_a_table_of_measured_costs_is_a_budget(tmp_path: Path) -> None:
             "at 4 bits costs -1: expected a number >= 0",
         ),
         ({"costs": {m: {"2": 1, "4": True, "8": 1} for m in SIZES}}, "at 4 bits costs True"),
+        ({"costs": {m: {"2": 1, "4": 10**400, "8": 1} for m in SIZES}}, "at 4 bits costs 1000"),
+        (
+            {"costs": {m: {"2": float("inf"), "4": float("inf"), "8": float("inf")} for m in SIZES}},
+            "Infinity at every",
+        ),
     ],
 )
 def test_bad_cost_tables(tmp_path: Path, table: dict, message: str) -> None:
@@ -140,6 +148,8 @@ def test_budget_config_errors_and_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match='needs it, "bops_compression" or "budgets"') as info:
         nncf_ext.load_config(config())
     assert info.value.path == "compression[0].allocation.target_compression"
+    with pytest.raises(ConfigError, match="did you mean 'target_compression'") as info:
+        nncf_ext.load_config(config(target_compresion=4))
     with pytest.raises(ConfigError, match="expected a list") as info:
         nncf_ext.load_config(config(budgets={"table": "t.json", "limit": 1}))
     with pytest.raises(ConfigError) as info:
