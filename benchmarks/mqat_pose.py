@@ -25,8 +25,12 @@ with any module spec of the ``mqat`` config, for example the pose backbone split
 
 The pose base comes from ``examples/pose.py --checkpoint outputs/pose_base.pt``; the retrieval base is the
 demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json`` (with
-``_<spec file name>``, ``_loss`` and ``_8x`` appended for ``--modules``, ``--sensitivity loss`` and
-``--targets 8``).
+``_<spec file name>``, ``_loss``, ``_bops`` and ``_8x`` appended for ``--modules``, ``--sensitivity loss``,
+``--equal-bops`` and ``--targets 8``).
+
+Equal size need not be equal compute: the table's BOPs ratio (FP32 BOPs over the run's, MACs x weight bits
+x activation bits, each module's MACs from the NNCF graph) shows what each allocation costs in bit
+operations, and ``--equal-bops`` gives HAWQ-V3 and MQAT the uniform baseline's BOPs as a second budget.
 """
 
 from __future__ import annotations
@@ -53,10 +57,12 @@ from lightning_modules.callbacks import NNCFCompressionCallback
 from nncf_ext.model import frozen_state, model_weights
 from nncf_ext.mqat import ModuleSpec, hessian_sensitivity, measure_sensitivity, resolve_modules
 from nncf_ext.mqat.algo import module_bits
+from nncf_ext.mqat.budgets import module_macs
 from nncf_ext.scopes import Scope
 
 CANDIDATE_BITS = [2, 3, 4, 5, 6, 8]
 TARGETS = (4, 8)
+ACTIVATION_BITS = 8
 LOSS_BATCH_SEED = 20_240  # the fixed batches of loss_fn: the same whatever ran before (HAWQ-V3, loss tables)
 
 
@@ -276,6 +282,13 @@ def weight_size(model: nn.Module) -> tuple[int, int]:
     return fp32, quantized
 
 
+def bops_ratio(macs: dict[str, int], bits: dict[str, int]) -> float:
+    """FP32 BOPs (32 x 32 bits per MAC) over those of ``bits`` per module (``{"all": b}``: uniform), the
+    activations at ``ACTIVATION_BITS``: what the same size buys in compute."""
+    quantized = sum(n * bits.get(m, bits.get("all", 32)) * ACTIVATION_BITS for m, n in macs.items())
+    return 32 * 32 * sum(macs.values()) / quantized
+
+
 def method_configs(
     task: TaskAdapter,
     modules: dict[str, Any],
@@ -283,12 +296,20 @@ def method_configs(
     target: int,
     epochs: int,
     sensitivity: str = "metric",
+    equal_bops: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The three methods' compression entries at ``target``x over the quantized weights; MQAT's costs are
-    the ``sensitivity`` table (``metric`` or ``loss``)."""
-    activations = {"bits": 8}
+    the ``sensitivity`` table (``metric`` or ``loss``). ``equal_bops``: HAWQ-V3 and MQAT also get the
+    uniform baseline's BOPs as a budget (16x fewer than FP32 at 4x, 32x at 8x)."""
+    activations = {"bits": ACTIVATION_BITS}
     # the budget is over the quantized weights, as the uniform baseline's 32 / bits and the ratio column
-    allocation = {"target_compression": target, "candidate_bits": CANDIDATE_BITS, "size": "weights"}
+    allocation: dict[str, Any] = {
+        "target_compression": target,
+        "candidate_bits": CANDIDATE_BITS,
+        "size": "weights",
+    }
+    if equal_bops:
+        allocation["bops_compression"] = 32 * 32 / ((32 // target) * ACTIVATION_BITS)
     steps_per_stage = max(task.steps_per_epoch * epochs // (2 * len(modules)), 1)
     return {
         "uniform LSQ": {"algorithm": "uniform_quantization", "weights": {"bits": 32 // target},
@@ -345,6 +366,10 @@ def main() -> None:
         "--targets", type=int, nargs="+", choices=TARGETS, default=list(TARGETS),
         help="compression targets to run (results of a subset go to a file of their own)",
     )  # fmt: skip
+    parser.add_argument(
+        "--equal-bops", action="store_true",
+        help="HAWQ-V3 and MQAT also within the uniform baseline's BOPs (equal size and compute)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.lr_scale is not None and args.lr_scale <= 0:
         parser.error(f"--lr-scale must be > 0, got {args.lr_scale}")
@@ -368,6 +393,7 @@ def main() -> None:
     modules_spec = task.modules if spec is None else spec
     suffix = "" if spec is None else f"_{args.modules.stem}"
     suffix += "_loss" if args.sensitivity == "loss" else ""
+    suffix += "_bops" if args.equal_bops else ""
     targets = sorted(set(args.targets))
     suffix += "" if targets == list(TARGETS) else "".join(f"_{t}x" for t in targets)
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}{suffix}"
@@ -378,11 +404,12 @@ def main() -> None:
     start = time.perf_counter()
     base = task.base()
     fp32 = task.evaluate(base)
-    runs = [{"method": "FP32", "target": 1, "bits": {}, "ratio": 1.0, "metrics": fp32, "seed": s}
-            for s in args.seeds]  # fmt: skip
+    runs = [{"method": "FP32", "target": 1, "bits": {}, "ratio": 1.0, "bops_ratio": 1.0, "metrics": fp32,
+             "seed": s} for s in args.seeds]  # fmt: skip
 
     weights = model_weights(base, task.example)
     modules = resolve_modules(ModuleSpec.from_config(modules_spec, "modules"), weights, Scope(), "modules")
+    macs = module_macs(modules, "modules")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     if args.sensitivity == "metric":
@@ -400,7 +427,9 @@ def main() -> None:
     timings["hessian_sensitivity_s"] = time.perf_counter() - t
     for seed in args.seeds:
         for target in targets:
-            configs = method_configs(task, modules_spec, work, target, args.epochs, args.sensitivity)
+            configs = method_configs(
+                task, modules_spec, work, target, args.epochs, args.sensitivity, args.equal_bops
+            )
             for method, entry in configs.items():
                 model = copy.deepcopy(base).train()
                 callback = NNCFCompressionCallback({"compression": [entry]}, example_input=task.calibration,
@@ -414,13 +443,15 @@ def main() -> None:
                 full, quantized = weight_size(model)
                 metrics = task.evaluate(model)
                 runs.append({"method": method, "target": target, "bits": bits, "ratio": full / quantized,
-                             "metrics": metrics, "seconds": seconds, "seed": seed})  # fmt: skip
+                             "bops_ratio": bops_ratio(macs, bits), "metrics": metrics, "seconds": seconds,
+                             "seed": seed})  # fmt: skip
                 print(f"seed {seed}, {method} at {target}x: bits {bits}, {task.metric} "
                       f"{metrics[task.metric]:.4f}", flush=True)  # fmt: skip
     rows = summarize(runs, task)
     results: dict[str, Any] = {
         "task": task.name, "epochs": args.epochs, "lr_scale": task.lr_scale, "seeds": args.seeds,
-        "modules": modules_spec, "sensitivity": args.sensitivity,
+        "modules": modules_spec, "module_macs": macs, "sensitivity": args.sensitivity,
+        "equal_bops": args.equal_bops,
         "methods": rows, "runs": runs, "timings": {**timings, "total_s": time.perf_counter() - start},
     }  # fmt: skip
 
@@ -432,10 +463,10 @@ def main() -> None:
 
     others = [c for c in task.columns if c != task.metric]
     table = [[m["method"], f"{m['target']}x", " ".join(f"{k}:{v}" for k, v in m["bits"].items()) or "32",
-              f"{m['ratio']:.2f}x", main_cell(m),
+              f"{m['ratio']:.2f}x", f"{m['bops_ratio']:.1f}x", main_cell(m),
               *(f"{100 * m['metrics'][c]:.1f}" for c in others)]
              for m in rows]  # fmt: skip
-    header = ["method", "target", "bits", "ratio", task.metric, *others]
+    header = ["method", "target", "bits", "ratio", "BOPs ratio", task.metric, *others]
     report(work.name, header, table, results)
 
 
