@@ -25,8 +25,8 @@ with any module spec of the ``mqat`` config, for example the pose backbone split
 
 The pose base comes from ``examples/pose.py --checkpoint outputs/pose_base.pt``; the retrieval base is the
 demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<task>.json`` (with
-``_<spec file name>``, ``_loss``, ``_bops`` and ``_8x`` appended for ``--modules``, ``--sensitivity loss``,
-``--equal-bops`` and ``--targets 8``).
+``_<spec file name>``, ``_loss``, ``_bops``, ``_at_once`` and ``_8x`` appended for ``--modules``,
+``--sensitivity loss``, ``--equal-bops``, ``--at-once`` and ``--targets 8``).
 
 Equal size need not be equal compute: the table's BOPs ratio (FP32 BOPs over the run's, MACs x weight bits
 x activation bits, each module's MACs from the NNCF graph) shows what each allocation costs in bit
@@ -63,6 +63,7 @@ from nncf_ext.scopes import Scope
 CANDIDATE_BITS = [2, 3, 4, 5, 6, 8]
 TARGETS = (4, 8)
 ACTIVATION_BITS = 8
+MQAT_AT_ONCE = "MQAT bits, at once"
 LOSS_BATCH_SEED = 20_240  # the fixed batches of loss_fn: the same whatever ran before (HAWQ-V3, loss tables)
 
 
@@ -367,6 +368,10 @@ def main() -> None:
         help="compression targets to run (results of a subset go to a file of their own)",
     )  # fmt: skip
     parser.add_argument(
+        "--at-once", action="store_true",
+        help=f"add '{MQAT_AT_ONCE}': MQAT's bits, every module quantized at once (ablates its order)",
+    )  # fmt: skip
+    parser.add_argument(
         "--equal-bops", action="store_true",
         help="HAWQ-V3 and MQAT also within the uniform baseline's BOPs (equal size and compute)",
     )  # fmt: skip
@@ -394,6 +399,7 @@ def main() -> None:
     suffix = "" if spec is None else f"_{args.modules.stem}"
     suffix += "_loss" if args.sensitivity == "loss" else ""
     suffix += "_bops" if args.equal_bops else ""
+    suffix += "_at_once" if args.at_once else ""
     targets = sorted(set(args.targets))
     suffix += "" if targets == list(TARGETS) else "".join(f"_{t}x" for t in targets)
     work = Path("outputs") / "benchmarks" / f"mqat_{task.name}{suffix}"
@@ -430,6 +436,9 @@ def main() -> None:
             configs = method_configs(
                 task, modules_spec, work, target, args.epochs, args.sensitivity, args.equal_bops
             )
+            if args.at_once:  # MQAT's allocation without its gradated flow: what the order alone changes
+                mqat = {k: v for k, v in configs["MQAT"].items() if k != "steps_per_stage"}
+                configs[MQAT_AT_ONCE] = {**mqat, "order": "simultaneous"}
             for method, entry in configs.items():
                 model = copy.deepcopy(base).train()
                 callback = NNCFCompressionCallback({"compression": [entry]}, example_input=task.calibration,
@@ -451,7 +460,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "task": task.name, "epochs": args.epochs, "lr_scale": task.lr_scale, "seeds": args.seeds,
         "modules": modules_spec, "module_macs": macs, "sensitivity": args.sensitivity,
-        "equal_bops": args.equal_bops,
+        "equal_bops": args.equal_bops, "at_once": args.at_once,
         "methods": rows, "runs": runs, "timings": {**timings, "total_s": time.perf_counter() - start},
     }  # fmt: skip
 
