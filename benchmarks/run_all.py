@@ -28,10 +28,11 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt", "--epochs", "3",
                    "--train-limit", "2000", "--seeds", "0", "1", "2",
                    "--modules", "benchmarks/five_modules.json", "--sensitivity", "loss"]),
-    ("mqat_pose", ["--task", "retrieval", "--seeds", "0", "1", "2", "--targets", "8", "--equal-bops"]),
+    ("mqat_pose", ["--task", "retrieval", "--seeds", "0", "1", "2", "--targets", "8", "--equal-bops",
+                   "--at-once"]),
     ("mqat_pose", ["--task", "pose", "--base", "outputs/pose_base.pt", "--epochs", "3",
                    "--train-limit", "2000", "--seeds", "3", "4", "5", "--targets", "8", "--equal-bops",
-                   "--modules", "benchmarks/five_modules.json", "--sensitivity", "loss"]),
+                   "--at-once", "--modules", "benchmarks/five_modules.json", "--sensitivity", "loss"]),
 ]  # fmt: skip
 
 
