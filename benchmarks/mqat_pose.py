@@ -31,6 +31,8 @@ demo's recipe, trained here (about a minute). Writes ``outputs/benchmarks/mqat_<
 Equal size need not be equal compute: the table's BOPs ratio (FP32 BOPs over the run's, MACs x weight bits
 x activation bits, each module's MACs from the NNCF graph) shows what each allocation costs in bit
 operations, and ``--equal-bops`` gives HAWQ-V3 and MQAT the uniform baseline's BOPs as a second budget.
+``--at-once`` adds "MQAT bits, at once": MQAT's allocation with every module quantized from the start, which
+tells what its bits do from what its gradated order does.
 """
 
 from __future__ import annotations
