@@ -39,11 +39,13 @@ class TableBudget:
 
 
 def module_macs(modules: Mapping[str, Sequence[WeightInfo]], path: str) -> dict[str, int]:
-    """Each module's multiply-accumulates: the sum over the operations of its weights."""
+    """Each module's multiply-accumulates: the sum over the weighted operations of its weights."""
     macs = {}
     for module, weights in modules.items():
         total = 0
         for w in weights:
+            if not w.weighted:  # a parameter used elementwise (NetVLAD's centroids): no multiply-accumulates
+                continue
             if len(w.op_macs) != len(w.op_names):
                 raise ConfigError(path, f"weight '{w.name}' was found without its operations' MACs")
             for op, kind, count in zip(w.op_names, w.op_types, w.op_macs, strict=True):

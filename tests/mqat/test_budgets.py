@@ -86,6 +86,31 @@ def test_bops_budget_costs_macs_times_both_widths() -> None:
         module_macs({"a": [uncounted]}, "p")
 
 
+def test_a_parameter_used_elementwise_adds_no_macs(tmp_path: Path) -> None:
+    """A scale parameter selected by name (as NetVLAD's centroids are) joins a module's bits but no MACs."""
+
+    class Scaled(ModularNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1, 8, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.backbone(x) * self.scale
+            return self.head((self.fpn(features) + features).mean((2, 3)))
+
+    SensitivityTable("metric", 1.0, COSTS).save(tmp_path / "s.json")
+    modules = {**MODULES, "fpn": {"names": ["fpn", "scale"]}}
+    entry = {"algorithm": "mqat", "modules": modules, "activations": {"bits": 8},
+             "target_scope": {"names": ["backbone", "fpn", "head", "scale"]},
+             "allocation": {"sensitivity": str(tmp_path / "s.json"), "candidate_bits": list(BITS),
+                            "bops_compression": 32}}  # fmt: skip
+    pipeline = nncf_ext.create_compression(Scaled(), {"compression": [entry]}, X)
+    algorithm = pipeline.algorithms[0]
+    assert "scale" in [w.name for w in algorithm.modules["fpn"]]  # type: ignore[attr-defined]
+    assert module_macs(algorithm.modules, "p") == MACS  # type: ignore[attr-defined]
+    assert module_bits(algorithm) == brute_force(1, 32, 8)  # type: ignore[arg-type]
+
+
 def test_an_unreachable_bops_budget_states_the_most_reachable(tmp_path: Path) -> None:
     # every module at 2 bits with 8-bit activations: 1024 / 16 = 64x fewer BOPs at most
     with pytest.raises(ConfigError, match="the most reachable is 64x") as info:
